@@ -1,0 +1,78 @@
+"""Where every error becomes HTTP: one JSON shape, one handler per kind of exception."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from app.api.schemas import ErrorBody
+from app.storage.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+_DESCRIPTIONS = {
+    400: "Invalid argument or file type",
+    403: "Route, bucket or deletion not allowed",
+    404: "No such file",
+    413: "File or request too large",
+    416: "Range not satisfiable",
+    500: "Unexpected storage failure",
+    503: "Backend unavailable; retry after the Retry-After delay",
+}
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of a route's error responses (500 and 503 are always possible)."""
+    return {
+        status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
+        for status in (*statuses, 500, 503)
+    }
+
+
+def error_response(
+    status: int, body: ErrorBody, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StorageError)
+    if exc.status_code >= 500:
+        log.warning(
+            "%s %s failed: %s (%s)",
+            request.method,
+            request.url.path,
+            exc.code,
+            exc.detail,
+            exc_info=exc.__cause__ is not None and exc.status_code == 500,
+        )
+    body = ErrorBody(detail=exc.detail, code=exc.code, file_id=exc.file_id, file_ids=exc.file_ids)
+    return error_response(exc.status_code, body, exc.headers())
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+    )
+    return error_response(400, ErrorBody(detail=problems, code="invalid_argument"))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(
+        exc.status_code, ErrorBody(detail=str(exc.detail), code=code), dict(exc.headers or {})
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(StorageError, _storage_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)

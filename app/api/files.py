@@ -1,0 +1,306 @@
+"""The /files routes: upload, batch upload, download (GET/HEAD), info and delete."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from app.api.deps import FilesDep
+from app.api.errors import error_responses
+from app.api.http import content_disposition, http_date, not_modified, parse_range, range_applies
+from app.api.multipart import FormStream
+from app.api.schemas import Deleted, FileAttach, FileInfo
+from app.storage.base import ByteRange, ObjectStream
+from app.storage.errors import InvalidArgument
+from app.storage.fusion import FileService, StoredFile, content_type_for
+from app.storage.validation import check_file_name
+
+router = APIRouter(prefix="/files", tags=["files"])
+
+FORM_FIELDS = ("folder", "bucket", "metadata")
+FORM_OVERHEAD = 256 * 1024
+"""Room for boundaries and text fields when a multipart Content-Length is checked up front."""
+META_HEADER = "x-meta-"
+
+
+def _form_body(file_field: str, many: bool) -> dict[str, Any]:
+    file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
+    properties: dict[str, Any] = {
+        file_field: {"type": "array", "items": file_schema} if many else file_schema,
+        "folder": {"type": "string", "description": "Relative folder, e.g. reports/2026."},
+        "bucket": {"type": "string", "description": "A bucket from the allowlist."},
+        "metadata": {"type": "string", "description": 'JSON object, e.g. {"author": "john"}.'},
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "Put folder, bucket and metadata before the file parts.",
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": [file_field], "properties": properties}
+                }
+            },
+        }
+    }
+
+
+class ObjectStreamResponse(StreamingResponse):
+    """Streams a backend object and always releases it, even if the client goes away first."""
+
+    def __init__(self, stream: ObjectStream, **kwargs: Any) -> None:
+        super().__init__(stream, **kwargs)
+        self._object_stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._object_stream.aclose()
+
+
+def _created(stored: list[StoredFile], many: bool) -> JSONResponse:
+    attaches = [FileAttach.of(item).model_dump() for item in stored]
+    headers = {} if many else {"Location": f"/files/{quote(attaches[0]['file_id'])}/info"}
+    return JSONResponse(attaches if many else attaches[0], status_code=201, headers=headers)
+
+
+def _declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value and value.isdigit() else None
+
+
+def _header_text(value: str) -> str:
+    """Header bytes arrive as latin-1; clients such as curl send UTF-8."""
+    raw = value.encode("latin-1")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return value
+
+
+def _parse_metadata(raw: str | None) -> Mapping[str, object]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidArgument("metadata must be a JSON object of strings.") from exc
+    if not isinstance(value, dict):
+        raise InvalidArgument("metadata must be a JSON object of strings.")
+    return value
+
+
+async def _receive_form(
+    request: Request, files: FileService, file_field: str, many: bool
+) -> list[StoredFile]:
+    """Stream every file part of the form to storage as it arrives; all of them or none."""
+    length = _declared_length(request)
+    if not many and length is not None:
+        files.policy.check_declared_size(length - FORM_OVERHEAD)
+    form = FormStream(request.stream(), request.headers.get("content-type"))
+    fields: dict[str, str] = {}
+    async with files.batch() as stored:
+        async for part in form.parts():
+            if part.filename is None and part.name in FORM_FIELDS:
+                if stored:
+                    raise InvalidArgument("Send folder, bucket and metadata before the file.")
+                fields[part.name] = await form.text()
+            elif part.filename is not None and part.name == file_field:
+                if stored and not many:
+                    raise InvalidArgument("One file per request: use /files/batch-upload.")
+                file_id, new = files.prepare_upload(
+                    part.filename,
+                    folder=fields.get("folder"),
+                    bucket=fields.get("bucket"),
+                    content_type=part.content_type,
+                    metadata=_parse_metadata(fields.get("metadata")),
+                )
+                stored.append(await files.store(file_id, new, form.data()))
+            else:
+                raise InvalidArgument(
+                    f"Unexpected form field {part.name!r}: expected {file_field!r}, "
+                    "folder, bucket or metadata."
+                )
+        if not stored:
+            raise InvalidArgument(f"The form has no {file_field!r} file field.")
+    return stored
+
+
+@router.post(
+    "/upload",
+    operation_id="upload_file",
+    status_code=201,
+    response_model=FileAttach,
+    responses=error_responses(400, 403, 413),
+    openapi_extra=_form_body("file", many=False),
+)
+async def upload_file(request: Request, files: FilesDep) -> JSONResponse:
+    """Upload one file (multipart/form-data), streamed to storage as it arrives."""
+    return _created(await _receive_form(request, files, "file", many=False), many=False)
+
+
+@router.post(
+    "/batch-upload",
+    operation_id="batch_upload",
+    status_code=201,
+    response_model=list[FileAttach],
+    responses=error_responses(400, 403, 413),
+    openapi_extra=_form_body("files", many=True),
+)
+async def batch_upload(request: Request, files: FilesDep) -> JSONResponse:
+    """Upload several files at once: all of them are stored, or none."""
+    return _created(await _receive_form(request, files, "files", many=True), many=True)
+
+
+@router.put(
+    "/upload/{file_name:path}",
+    operation_id="upload_raw",
+    status_code=201,
+    response_model=FileAttach,
+    responses=error_responses(400, 403, 413),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "The raw file; X-Meta-<name> headers become metadata.",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def upload_raw(
+    file_name: str,
+    request: Request,
+    files: FilesDep,
+    folder: str | None = None,
+    bucket: str | None = None,
+) -> JSONResponse:
+    """Upload one file sent as the raw request body (``curl -T``)."""
+    files.policy.check_declared_size(_declared_length(request))
+    metadata = {
+        name.removeprefix(META_HEADER): _header_text(value)
+        for name, value in request.headers.items()
+        if name.startswith(META_HEADER)
+    }
+    file_id, new = files.prepare_upload(
+        file_name,
+        folder=folder,
+        bucket=bucket,
+        content_type=request.headers.get("content-type"),
+        metadata=metadata,
+    )
+    return _created([await files.store(file_id, new, request.stream())], many=False)
+
+
+async def _serve(
+    request: Request,
+    files: FileService,
+    file_id: str,
+    inline: bool,
+    filename: str | None,
+    with_body: bool,
+) -> Response:
+    stored = await files.info(file_id)
+    info = stored.info
+    name = check_file_name(filename) if filename else FileInfo.of(stored).file_name
+    headers = {
+        "ETag": info.etag,
+        "Last-Modified": http_date(info),
+        "Accept-Ranges": "bytes",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": content_disposition(name, inline=inline),
+    }
+    if not_modified(
+        info, request.headers.get("if-none-match"), request.headers.get("if-modified-since")
+    ):
+        return Response(status_code=304, headers=headers)
+    byte_range: ByteRange | None = None
+    range_header = request.headers.get("range")
+    if range_header and range_applies(info, request.headers.get("if-range")):
+        byte_range = parse_range(range_header, info.size)
+    headers["Content-Length"] = str(byte_range.length if byte_range else info.size)
+    if byte_range:
+        headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{info.size}"
+    status = 206 if byte_range else 200
+    media_type = content_type_for(name, info.content_type)
+    if not with_body or info.size == 0:
+        return Response(status_code=status, headers=headers, media_type=media_type)
+    stream = await files.open(stored.file_id, byte_range)
+    return ObjectStreamResponse(stream, status_code=status, headers=headers, media_type=media_type)
+
+
+InlineQuery = Annotated[
+    bool, Query(description="Content-Disposition: inline instead of attachment.")
+]
+FilenameQuery = Annotated[str | None, Query(description="Download under this name instead.")]
+_DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "The file",
+    },
+    206: {"description": "The requested byte range"},
+    304: {"description": "Not modified (If-None-Match / If-Modified-Since)"},
+    **error_responses(400, 403, 404, 416),
+}
+
+
+@router.get(
+    "/{file_id:path}/download",
+    operation_id="download_file",
+    response_class=StreamingResponse,
+    responses=_DOWNLOAD_RESPONSES,
+)
+async def download_file(
+    file_id: str,
+    request: Request,
+    files: FilesDep,
+    inline: InlineQuery = False,
+    filename: FilenameQuery = None,
+) -> Response:
+    """Download a file, or one byte range of it."""
+    return await _serve(request, files, file_id, inline, filename, with_body=True)
+
+
+@router.head(
+    "/{file_id:path}/download",
+    operation_id="download_file_head",
+    response_class=Response,
+    responses=_DOWNLOAD_RESPONSES,
+)
+async def download_file_head(
+    file_id: str,
+    request: Request,
+    files: FilesDep,
+    inline: InlineQuery = False,
+    filename: FilenameQuery = None,
+) -> Response:
+    """The headers a download would send, without the body."""
+    return await _serve(request, files, file_id, inline, filename, with_body=False)
+
+
+@router.get(
+    "/{file_id:path}/info",
+    operation_id="get_file_info",
+    response_model=FileInfo,
+    responses=error_responses(400, 403, 404),
+)
+async def get_file_info(file_id: str, files: FilesDep) -> FileInfo:
+    """Size, times, type, original name and metadata of a file."""
+    return FileInfo.of(await files.info(file_id))
+
+
+@router.delete(
+    "/{file_id:path}",
+    operation_id="delete_file",
+    response_model=Deleted,
+    responses=error_responses(400, 403),
+)
+async def delete_file(file_id: str, files: FilesDep) -> Deleted:
+    """Delete a file; deleting one that is already gone also succeeds."""
+    return Deleted(file_id=str(await files.delete(file_id)))

@@ -1,0 +1,140 @@
+"""Incremental multipart/form-data parsing straight from the request stream.
+
+python-multipart's push parser is fed chunk by chunk as they arrive; its callbacks queue small
+events that the route pulls one at a time, so a file part's bytes flow to the backend with no
+spooling, and memory holds at most one received chunk's worth of events.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from app.storage.errors import InvalidArgument
+
+MAX_TEXT_FIELD = 64 * 1024
+
+EventKind = Literal["part", "data", "end", "done"]
+
+
+@dataclass(frozen=True, slots=True)
+class FormPart:
+    name: str
+    filename: str | None
+    content_type: str | None
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+class FormStream:
+    """Parts of a multipart body, pulled in order; each part's data must be read (or skipped)
+    before the next part is asked for."""
+
+    def __init__(self, stream: AsyncIterator[bytes], content_type: str | None) -> None:
+        kind, options = parse_options_header(content_type)
+        boundary = options.get(b"boundary")
+        if kind != b"multipart/form-data" or not boundary:
+            raise InvalidArgument("The request body must be multipart/form-data with a boundary.")
+        self._stream = stream
+        self._events: deque[tuple[EventKind, object]] = deque()
+        self._headers: dict[str, bytes] = {}
+        self._field = b""
+        self._value = b""
+        self._in_part = False
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": lambda: self._events.append(("end", None)),
+                "on_end": lambda: self._events.append(("done", None)),
+            },
+        )
+
+    def _on_part_begin(self) -> None:
+        self._headers = {}
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._headers[self._field.decode("latin-1").lower()] = self._value
+        self._field = self._value = b""
+
+    def _on_headers_finished(self) -> None:
+        self._events.append(("part", dict(self._headers)))
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self._events.append(("data", bytes(data[start:end])))
+
+    async def _next(self) -> tuple[EventKind, object]:
+        while not self._events:
+            chunk = await anext(self._stream, None)
+            if chunk is None:
+                raise InvalidArgument("The multipart body ended before its closing boundary.")
+            try:
+                self._parser.write(chunk)
+            except MultipartParseError as exc:
+                raise InvalidArgument("The multipart body is malformed.") from exc
+        return self._events.popleft()
+
+    async def parts(self) -> AsyncIterator[FormPart]:
+        while True:
+            kind, payload = await self._next()
+            if kind == "done":
+                return
+            if kind != "part" or not isinstance(payload, dict):
+                continue
+            disposition, options = parse_options_header(payload.get("content-disposition"))
+            content_type = payload.get("content-type")
+            if disposition != b"form-data" or b"name" not in options:
+                raise InvalidArgument("A form part has no name.")
+            filename = options.get(b"filename")
+            self._in_part = True
+            yield FormPart(
+                name=_text(options[b"name"]),
+                filename=None if filename is None else _text(filename),
+                content_type=None if content_type is None else _text(content_type),
+            )
+            async for _ in self.data():
+                pass  # skip whatever the consumer left unread
+
+    async def data(self) -> AsyncIterator[bytes]:
+        """The current part's bytes as they arrive."""
+        while self._in_part:
+            kind, payload = await self._next()
+            if kind == "end":
+                self._in_part = False
+            elif kind == "data" and isinstance(payload, bytes) and payload:
+                yield payload
+
+    async def text(self, limit: int = MAX_TEXT_FIELD) -> str:
+        """The current part as a (bounded) UTF-8 string."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in self.data():
+            size += len(chunk)
+            if size > limit:
+                raise InvalidArgument(f"A form field is longer than {limit} bytes.")
+            chunks.append(chunk)
+        try:
+            return b"".join(chunks).decode()
+        except UnicodeDecodeError as exc:
+            raise InvalidArgument("A form field is not valid UTF-8.") from exc

@@ -1,0 +1,113 @@
+"""The application factory and the lifespan that owns every storage client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import aioboto3
+from aiobotocore.config import AioConfig
+from fastapi import FastAPI
+
+from app.api import errors
+from app.api.files import router as files_router
+from app.api.ops import router as ops_router
+from app.settings import Settings
+from app.storage.fusion import FileService, Target
+from app.storage.ids import BackendName
+from app.storage.local import LocalBackend
+from app.storage.s3 import S3Backend
+from app.storage.validation import UploadPolicy
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+
+class State(TypedDict):
+    """What every request sees as ``request.state``."""
+
+    files: FileService
+
+
+def _s3_config(settings: Settings) -> AioConfig:
+    return AioConfig(
+        s3={"addressing_style": settings.s3_addressing_style},
+        connect_timeout=5,
+        read_timeout=60,
+        retries={"mode": "standard", "max_attempts": 3},
+        max_pool_connections=64,
+        # Third-party S3 servers do not all accept the newer default CRC trailers.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
+async def _open_s3(settings: Settings, stack: AsyncExitStack) -> S3Backend:
+    session = aioboto3.Session()
+    config = _s3_config(settings)
+
+    async def client(key_id: str | None, secret: str | None) -> S3Client:
+        credentials: dict[str, Any] = {}
+        if key_id and secret:  # otherwise boto's default credential chain
+            credentials = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
+        opened: S3Client = await stack.enter_async_context(
+            session.client(
+                "s3",
+                endpoint_url=settings.s3_endpoint,
+                region_name=settings.s3_region,
+                config=config,
+                **credentials,
+            )
+        )
+        return opened
+
+    def reveal(secret: Any) -> str | None:
+        return secret.get_secret_value() if secret is not None else None
+
+    write = await client(settings.s3_access_key_id, reveal(settings.s3_secret_access_key))
+    read = write
+    if settings.s3_read_access_key_id:
+        read = await client(
+            settings.s3_read_access_key_id, reveal(settings.s3_read_secret_access_key)
+        )
+    backend = S3Backend(write, read)
+    if settings.s3_create_bucket:
+        await backend.ensure_bucket(settings.s3_default_bucket, settings.s3_region)
+    return backend
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service for ``settings`` (read from the environment when not given)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        async with AsyncExitStack() as stack:
+            targets: dict[BackendName, Target] = {}
+            if settings.storage_mode == "local":
+                local = LocalBackend(settings.local_root)
+                await local.start()
+                bucket = settings.local_bucket
+                targets["local"] = Target(local, frozenset({bucket}), bucket)
+            else:
+                s3 = await _open_s3(settings, stack)
+                targets["s3"] = Target(s3, settings.allowed_s3_buckets, settings.s3_default_bucket)
+            policy = UploadPolicy(
+                max_file_size=int(settings.max_file_size),
+                whitelist=frozenset(settings.file_whitelist),
+                blacklist=frozenset(settings.file_blacklist),
+            )
+            upload_to: BackendName = "local" if settings.storage_mode == "local" else "s3"
+            yield {"files": FileService(targets, upload_to, policy)}
+
+    app = FastAPI(
+        title="filegate",
+        version="0.1.0",
+        summary="Upload, download, zip, delete and inspect files on local disk, S3 or FastDFS.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(files_router)
+    app.include_router(ops_router)
+    return app

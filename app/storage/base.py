@@ -1,0 +1,92 @@
+"""The narrow protocol every storage backend implements, and the small models it speaks.
+
+A backend stores bytes under an ``ObjectRef`` (bucket + key). It knows nothing of HTTP, file ids,
+validation or routing: those live in ``app.storage.fusion``. Every backend honours the same rules:
+
+- ``put`` consumes the body as it arrives and stores it completely or not at all: if the body
+  iterator raises (size limit, client disconnect) or the task is cancelled, nothing is left behind.
+- ``open`` raises ``FileNotFound`` before returning, so the caller can still choose a status; the
+  returned stream must be closed with ``aclose()``.
+- ``delete`` of a missing object is not an error.
+- Every SDK failure is raised as a ``StorageError`` subclass (``app.storage.errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """Where an object lives inside one backend."""
+
+    bucket: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewObject:
+    """What ``put`` is asked to store besides the bytes."""
+
+    ref: ObjectRef
+    file_name: str
+    content_type: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a backend knows of a stored object."""
+
+    ref: ObjectRef
+    size: int
+    etag: str
+    """Quoted, as sent in the ``ETag`` header."""
+    last_modified: datetime
+    file_name: str | None = None
+    content_type: str | None = None
+    storage_class: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """An inclusive, already validated byte range inside an object."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+class ObjectStream(Protocol):
+    """The bytes of one object (or of a range of it), read in chunks as the consumer asks."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None:
+        """Release the file handle or connection; safe to call more than once."""
+
+
+class Backend(Protocol):
+    """One storage system behind filegate."""
+
+    name: str
+    """The id prefix and ``backend`` field of FileInfo: ``local``, ``s3``, ``fastdfs``."""
+
+    async def put(self, obj: NewObject, body: AsyncIterable[bytes]) -> ObjectInfo:
+        """Store ``body`` under ``obj.ref``, all of it or nothing."""
+
+    async def head(self, ref: ObjectRef) -> ObjectInfo:
+        """Describe a stored object; ``FileNotFound`` if there is none."""
+
+    async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> ObjectStream:
+        """Start reading an object, or the inclusive ``byte_range`` of it."""
+
+    async def delete(self, ref: ObjectRef) -> None:
+        """Remove an object; a missing one is not an error."""

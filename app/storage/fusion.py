@@ -1,0 +1,145 @@
+"""The fusion layer: one entry point over the enabled backends, routing by file id.
+
+Routers call these services and nothing else of storage. They decide what a deployment allows
+(storage mode, bucket allowlist, upload policy); backends only store bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+
+from app.storage.base import Backend, ByteRange, NewObject, ObjectInfo, ObjectRef, ObjectStream
+from app.storage.errors import BucketNotAllowed, RouteNotSupported, StorageError
+from app.storage.ids import BackendName, FileId, new_key, parse_file_id
+from app.storage.validation import UploadPolicy, check_file_name, check_folder, check_metadata
+
+GENERIC_TYPE = "application/octet-stream"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A backend together with the buckets it may touch and where uploads go by default."""
+
+    backend: Backend
+    buckets: frozenset[str]
+    default_bucket: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    file_id: FileId
+    info: ObjectInfo
+
+
+def content_type_for(name: str, given: str | None) -> str:
+    """The client's content type, else one guessed from the name, else a generic one."""
+    if given and given.split(";")[0].strip().lower() != GENERIC_TYPE:
+        return given
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or given or GENERIC_TYPE
+
+
+class FileService:
+    """Routes ids to backends and applies the deployment's rules; the routers' only dependency."""
+
+    def __init__(
+        self,
+        targets: Mapping[BackendName, Target],
+        upload_to: BackendName,
+        policy: UploadPolicy,
+    ) -> None:
+        self._targets = dict(targets)
+        self._upload_to = upload_to
+        self.policy = policy
+
+    def resolve(self, raw_id: str) -> tuple[FileId, Backend]:
+        """Parse an id and check that this deployment may touch it."""
+        file_id = parse_file_id(raw_id)
+        target = self._targets.get(file_id.backend)
+        if target is None:
+            raise RouteNotSupported(
+                f"Files on {file_id.backend} are not served in this storage mode.", file_id=raw_id
+            )
+        if target.buckets and file_id.ref.bucket not in target.buckets:
+            raise BucketNotAllowed(f"Bucket {file_id.ref.bucket!r} is not allowed.", file_id=raw_id)
+        return file_id, target.backend
+
+    async def info(self, raw_id: str) -> StoredFile:
+        file_id, backend = self.resolve(raw_id)
+        return StoredFile(file_id, await _with_id(backend.head(file_id.ref), raw_id))
+
+    async def open(self, file_id: FileId, byte_range: ByteRange | None) -> ObjectStream:
+        backend = self._targets[file_id.backend].backend
+        return await _with_id(backend.open(file_id.ref, byte_range), str(file_id))
+
+    async def delete(self, raw_id: str) -> FileId:
+        file_id, backend = self.resolve(raw_id)
+        await _with_id(backend.delete(file_id.ref), raw_id)
+        return file_id
+
+    def prepare_upload(
+        self,
+        file_name: str,
+        *,
+        folder: str | None = None,
+        bucket: str | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> tuple[FileId, NewObject]:
+        """Validate everything known before the first byte, and choose the new file's id."""
+        name = check_file_name(file_name)
+        self.policy.check_type(name)
+        clean_folder = check_folder(folder)
+        target = self._targets[self._upload_to]
+        chosen = bucket or target.default_bucket
+        if chosen not in target.buckets:
+            raise BucketNotAllowed(f"Bucket {chosen!r} is not allowed.")
+        ref = ObjectRef(chosen, new_key(clean_folder, name))
+        new = NewObject(
+            ref=ref,
+            file_name=name,
+            content_type=content_type_for(name, content_type),
+            metadata=check_metadata(metadata or {}),
+        )
+        return FileId(self._upload_to, ref), new
+
+    async def store(
+        self, file_id: FileId, new: NewObject, body: AsyncIterable[bytes]
+    ) -> StoredFile:
+        """Stream ``body`` to the backend under the size limit; all of it or nothing."""
+        backend = self._targets[file_id.backend].backend
+        info = await backend.put(new, self.policy.limit(body))
+        return StoredFile(file_id, info)
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[list[StoredFile]]:
+        """Collect stored files; if the block fails, delete them again before re-raising."""
+        stored: list[StoredFile] = []
+        try:
+            yield stored
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for item in stored:
+                    backend = self._targets[item.file_id.backend].backend
+                    try:
+                        await backend.delete(item.file_id.ref)
+                    except StorageError as exc:
+                        log.error("batch rollback could not delete %s: %s", item.file_id, exc)
+            raise
+
+
+async def _with_id[T](operation: Awaitable[T], raw_id: str) -> T:
+    """Await a backend call, naming the file id on any error it raises."""
+    try:
+        return await operation
+    except StorageError as exc:
+        if exc.file_id is None:
+            exc.file_id = raw_id
+        raise

@@ -1,0 +1,74 @@
+"""File ids: ``s3:<bucket>/<key>``, ``local:<bucket>/<key>``, anything else FastDFS.
+
+Parsing decides only what an id *says*; whether this deployment may act on it (storage mode,
+bucket allowlist) is decided by ``app.storage.fusion``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+from app.storage.base import ObjectRef
+from app.storage.errors import InvalidArgument
+
+BackendName = Literal["local", "s3", "fastdfs"]
+
+_PREFIXES: tuple[tuple[str, BackendName], ...] = (("s3:", "s3"), ("local:", "local"))
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_FASTDFS_GROUP = re.compile(r"[A-Za-z0-9_-]{1,16}")
+MAX_KEY_BYTES = 1024
+
+
+def is_valid_bucket_name(name: str) -> bool:
+    """S3's bucket naming rules (lowercase, digits, dots and hyphens; 3 to 63 characters)."""
+    return _BUCKET.fullmatch(name) is not None and ".." not in name
+
+
+@dataclass(frozen=True, slots=True)
+class FileId:
+    backend: BackendName
+    ref: ObjectRef
+
+    def __str__(self) -> str:
+        path = f"{self.ref.bucket}/{self.ref.key}"
+        return path if self.backend == "fastdfs" else f"{self.backend}:{path}"
+
+
+def parse_file_id(raw: str) -> FileId:
+    """Split an id into backend, bucket and key; ``InvalidArgument`` if it is malformed."""
+    backend: BackendName = "fastdfs"
+    rest = raw
+    for prefix, name in _PREFIXES:
+        if raw.startswith(prefix):
+            backend, rest = name, raw[len(prefix) :]
+            break
+    bucket, sep, key = rest.partition("/")
+    if not sep or not key:
+        raise InvalidArgument("A file id needs a bucket (or group) and a key.", file_id=raw)
+    if backend == "fastdfs":
+        if _FASTDFS_GROUP.fullmatch(bucket) is None:
+            raise InvalidArgument("Malformed FastDFS file id.", file_id=raw)
+    elif not is_valid_bucket_name(bucket):
+        raise InvalidArgument("Malformed bucket name in file id.", file_id=raw)
+    _check_key(key, raw)
+    return FileId(backend, ObjectRef(bucket, key))
+
+
+def _check_key(key: str, raw: str) -> None:
+    if key.startswith("/"):
+        raise InvalidArgument("A key must not start with '/'.", file_id=raw)
+    if any(ord(c) < 0x20 or c == "\x7f" for c in key):
+        raise InvalidArgument("A key must not contain control characters.", file_id=raw)
+    if any(segment in ("..", ".") for segment in key.split("/")):
+        raise InvalidArgument("A key must not contain '.' or '..' segments.", file_id=raw)
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidArgument("The key is too long.", file_id=raw)
+
+
+def new_key(folder: str, file_name: str) -> str:
+    """A fresh key, ``[<folder>/]<16 lowercase hex>_<file name>``; never taken from the client."""
+    leaf = f"{secrets.token_hex(8)}_{file_name}"
+    return f"{folder}/{leaf}" if folder else leaf

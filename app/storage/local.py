@@ -1,0 +1,267 @@
+"""The local-disk backend: the embedded default, so filegate runs with no other service.
+
+Layout under ``LOCAL_ROOT``: ``<bucket>/<key>`` holds the bytes, and
+``.filegate-meta/<bucket>/<key>.json`` the original name, content type, user metadata and MD5.
+An upload is written to a hidden temporary file in the target directory and renamed into place
+once complete, so a reader never sees a partial file and a failed upload leaves nothing. Every
+filesystem call runs in a worker thread; every path is confined below the root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import anyio.to_thread
+
+from app.storage.base import ByteRange, NewObject, ObjectInfo, ObjectRef
+from app.storage.errors import FileNotFound, InvalidArgument, StorageError
+
+TMP_PREFIX = ".filegate-tmp-"
+META_DIR = ".filegate-meta"
+READ_CHUNK = 256 * 1024
+WRITE_BATCH = 1024 * 1024
+
+
+async def _run[T](func: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(func, *args)
+
+
+def _translate(exc: OSError, ref: ObjectRef) -> StorageError:
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+        return FileNotFound("No such file.")
+    if exc.errno == errno.ENAMETOOLONG:
+        return InvalidArgument("The name is too long for the file system.")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError("The local disk is full.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError("The local storage directory is not writable.")
+    return StorageError(f"Local storage failed ({errno.errorcode.get(exc.errno or 0, 'error')}).")
+
+
+class LocalStream:
+    """Reads a byte span of an open file, one worker-thread call per chunk."""
+
+    def __init__(self, file: IO[bytes], remaining: int) -> None:
+        self._file = file
+        self._remaining = remaining
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            while self._remaining > 0:
+                chunk = await _run(self._file.read, min(READ_CHUNK, self._remaining))
+                if not chunk:
+                    raise StorageError("The file became shorter while it was read.")
+                self._remaining -= len(chunk)
+                yield chunk
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, root: Path) -> None:
+        self._root = root.resolve()
+
+    async def start(self) -> None:
+        """Create the root and check that it is a writable directory."""
+        await _run(self.check_writable)
+
+    def check_writable(self) -> None:
+        self._root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=self._root, prefix=TMP_PREFIX):
+            pass
+
+    def _path(self, ref: ObjectRef) -> Path:
+        segments = ref.key.split("/")
+        if ref.bucket.startswith(".") or any(s in ("", ".", "..") or "\0" in s for s in segments):
+            raise InvalidArgument("Malformed key.")
+        if segments[-1].startswith(TMP_PREFIX):
+            raise FileNotFound("No such file.")
+        path = self._root.joinpath(ref.bucket, *segments)
+        if not os.path.realpath(path).startswith(f"{self._root}{os.sep}"):
+            raise InvalidArgument("The key leads outside the storage root.")
+        return path
+
+    def _meta_path(self, ref: ObjectRef) -> Path:
+        return self._root.joinpath(META_DIR, ref.bucket, f"{ref.key}.json")
+
+    async def put(self, obj: NewObject, body: AsyncIterable[bytes]) -> ObjectInfo:
+        path = self._path(obj.ref)
+        meta_path = self._meta_path(obj.ref)
+        try:
+            file, temp = await _run(self._create_temp, path.parent)
+        except OSError as exc:
+            raise _translate(exc, obj.ref) from exc
+        md5 = hashlib.md5(usedforsecurity=False)
+        pending: list[bytes] = []
+        pending_size = 0
+        try:
+            async for chunk in body:
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= WRITE_BATCH:
+                    await _run(_write, file, pending, md5)
+                    pending, pending_size = [], 0
+            await _run(_write, file, pending, md5)
+            etag = f'"{md5.hexdigest()}"'
+            record = {
+                "file_name": obj.file_name,
+                "content_type": obj.content_type,
+                "metadata": dict(obj.metadata),
+                "etag": etag,
+            }
+            return await _run(self._commit, file, temp, path, meta_path, record, obj.ref)
+        except OSError as exc:
+            raise _translate(exc, obj.ref) from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _run(_discard, file, temp)
+
+    @staticmethod
+    def _create_temp(directory: Path) -> tuple[IO[bytes], str]:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX)
+        return open(fd, "wb"), temp
+
+    def _commit(
+        self,
+        file: IO[bytes],
+        temp: str,
+        path: Path,
+        meta_path: Path,
+        record: dict[str, Any],
+        ref: ObjectRef,
+    ) -> ObjectInfo:
+        file.flush()
+        os.fsync(file.fileno())
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(meta_path, json.dumps(record, ensure_ascii=False).encode())
+        os.replace(temp, path)
+        file.close()
+        _fsync_dir(path.parent)
+        st = path.stat()
+        return ObjectInfo(
+            ref=ref,
+            size=st.st_size,
+            etag=record["etag"],
+            last_modified=_mtime(st),
+            file_name=record["file_name"],
+            content_type=record["content_type"],
+            metadata=record["metadata"],
+        )
+
+    async def head(self, ref: ObjectRef) -> ObjectInfo:
+        path = self._path(ref)
+        try:
+            return await _run(self._head, path, ref)
+        except OSError as exc:
+            raise _translate(exc, ref) from exc
+
+    def _head(self, path: Path, ref: ObjectRef) -> ObjectInfo:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise FileNotFound("No such file.")
+        try:
+            record = json.loads(self._meta_path(ref).read_bytes())
+        except (FileNotFoundError, ValueError):
+            record = {}
+        return ObjectInfo(
+            ref=ref,
+            size=st.st_size,
+            etag=record.get("etag") or f'"{st.st_size:x}-{st.st_mtime_ns:x}"',
+            last_modified=_mtime(st),
+            file_name=record.get("file_name"),
+            content_type=record.get("content_type"),
+            metadata=record.get("metadata") or {},
+        )
+
+    async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> LocalStream:
+        path = self._path(ref)
+        try:
+            return await _run(_open_span, path, byte_range)
+        except OSError as exc:
+            raise _translate(exc, ref) from exc
+
+    async def delete(self, ref: ObjectRef) -> None:
+        path = self._path(ref)
+        try:
+            await _run(self._delete, path, ref)
+        except OSError as exc:
+            raise _translate(exc, ref) from exc
+
+    def _delete(self, path: Path, ref: ObjectRef) -> None:
+        for target in (path, self._meta_path(ref)):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                target.unlink()
+
+
+def _write(file: IO[bytes], chunks: list[bytes], md5: Any) -> None:
+    for chunk in chunks:
+        file.write(chunk)
+        md5.update(chunk)
+
+
+def _discard(file: IO[bytes], temp: str) -> None:
+    """Close and remove the temporary file unless ``_commit`` already renamed it."""
+    if file.closed:
+        return
+    file.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
+    try:
+        with open(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_span(path: Path, byte_range: ByteRange | None) -> LocalStream:
+    file = open(path, "rb")  # noqa: SIM115 - owned by the returned stream
+    try:
+        st = os.fstat(file.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise FileNotFound("No such file.")
+        if byte_range is None:
+            return LocalStream(file, st.st_size)
+        file.seek(byte_range.start)
+        return LocalStream(file, min(byte_range.length, st.st_size - byte_range.start))
+    except BaseException:
+        file.close()
+        raise
+
+
+def _mtime(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime, tz=UTC)

@@ -1,0 +1,316 @@
+"""The S3 backend (AWS S3, MinIO, SeaweedFS) over aioboto3 clients that live for the process.
+
+Writes and deletes go through the write client; every read (head, get) through the read client,
+which is a separate least-privilege key pair when one is configured. Small bodies are sent with one
+``put_object``; a body that reaches ``part_size`` becomes a multipart upload with a few parts in
+flight, aborted on any failure so no pending upload is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import anyio
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from app.storage.base import ByteRange, NewObject, ObjectInfo, ObjectRef
+from app.storage.errors import BackendUnavailable, FileNotFound, StorageError
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+else:
+    S3Client = Any
+
+PART_SIZE = 8 * 1024 * 1024
+PARTS_IN_FLIGHT = 4
+READ_CHUNK = 256 * 1024
+NAME_KEY = "filegate-name"
+
+_NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchBucket"}
+_UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError", "503", "500"}
+_DENIED = {
+    "AccessDenied",
+    "403",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+}
+_UNREACHABLE = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+    aiohttp.ClientError,
+    ConnectionError,
+    TimeoutError,
+)
+_ENCODED = re.compile(r"=\?utf-8\?b\?([A-Za-z0-9+/=]*)\?=", re.IGNORECASE)
+
+
+def encode_metadata_value(value: str) -> str:
+    """S3 user metadata travels as HTTP headers (ASCII): RFC 2047 ``B`` encoding where needed."""
+    plain = value.isascii() and value.isprintable() and value == value.strip()
+    if plain and _ENCODED.fullmatch(value) is None:
+        return value
+    return f"=?UTF-8?B?{base64.b64encode(value.encode()).decode()}?="
+
+
+def decode_metadata_value(value: str) -> str:
+    match = _ENCODED.fullmatch(value)
+    if match is None:
+        return value
+    try:
+        return base64.b64decode(match.group(1), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return value
+
+
+@contextmanager
+def translate_errors(*, writing: bool = False) -> Iterator[None]:
+    """Turn botocore and aiohttp failures into the project's ``StorageError`` classes."""
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        if code == "NoSuchBucket" and writing:
+            raise StorageError("The storage bucket does not exist.") from exc
+        if code in _NOT_FOUND:
+            raise FileNotFound("No such file.") from exc
+        if code in _UNAVAILABLE or status >= 500:
+            raise BackendUnavailable("S3 is unavailable; try again later.") from exc
+        if code in _DENIED or status == 403:
+            raise StorageError("S3 refused the request: check the service's credentials.") from exc
+        raise StorageError(f"S3 request failed ({code or status}).") from exc
+    except _UNREACHABLE as exc:
+        raise BackendUnavailable("S3 is unreachable; try again later.") from exc
+    except BotoCoreError as exc:
+        raise StorageError("S3 request failed.") from exc
+
+
+class S3Stream:
+    """The body of one GET, read chunk by chunk; closing it drops the connection."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                with translate_errors():
+                    chunk: bytes = await self._body.read(READ_CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._body.close()
+
+
+class S3Backend:
+    name = "s3"
+
+    def __init__(
+        self,
+        write_client: S3Client,
+        read_client: S3Client,
+        *,
+        part_size: int = PART_SIZE,
+        parts_in_flight: int = PARTS_IN_FLIGHT,
+    ) -> None:
+        self._write = write_client
+        self._read = read_client
+        self._part_size = part_size
+        self._parts_in_flight = parts_in_flight
+
+    async def ensure_bucket(self, bucket: str, region: str) -> None:
+        """Create ``bucket`` if ``head_bucket`` says it is missing; any other answer is an error."""
+        try:
+            await self._write.head_bucket(Bucket=bucket)
+            return
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) not in {"404", "NoSuchBucket"}:
+                with translate_errors(writing=True):
+                    raise
+        with translate_errors(writing=True):
+            if region == "us-east-1":
+                await self._write.create_bucket(Bucket=bucket)
+            else:
+                await self._write.create_bucket(
+                    Bucket=bucket,
+                    CreateBucketConfiguration={"LocationConstraint": region},  # type: ignore[typeddict-item]
+                )
+
+    async def put(self, obj: NewObject, body: AsyncIterable[bytes]) -> ObjectInfo:
+        parts = _split(body, self._part_size)
+        first = await anext(parts, b"")
+        second = await anext(parts, None) if len(first) == self._part_size else None
+        extra: dict[str, Any] = {
+            "ContentType": obj.content_type,
+            "Metadata": _encode_metadata(obj),
+        }
+        if second is None:
+            with translate_errors(writing=True):
+                answer = await self._write.put_object(
+                    Bucket=obj.ref.bucket, Key=obj.ref.key, Body=first, **extra
+                )
+            etag, size = answer["ETag"], len(first)
+        else:
+            etag, size = await self._multipart(obj.ref, _chain(first, second, parts), extra)
+        return ObjectInfo(
+            ref=obj.ref,
+            size=size,
+            etag=etag,
+            last_modified=datetime.now(UTC),
+            file_name=obj.file_name,
+            content_type=obj.content_type,
+            storage_class="STANDARD",
+            metadata=obj.metadata,
+        )
+
+    async def _multipart(
+        self, ref: ObjectRef, parts: AsyncIterator[bytes], extra: dict[str, Any]
+    ) -> tuple[str, int]:
+        """Upload ``parts`` with a few in flight; return the ETag and the size stored."""
+        with translate_errors(writing=True):
+            created = await self._write.create_multipart_upload(
+                Bucket=ref.bucket, Key=ref.key, **extra
+            )
+        upload_id = created["UploadId"]
+        slots = asyncio.Semaphore(self._parts_in_flight)
+        tasks: list[asyncio.Task[str]] = []
+        size = 0
+
+        async def send(number: int, data: bytes) -> str:
+            try:
+                with translate_errors(writing=True):
+                    answer = await self._write.upload_part(
+                        Bucket=ref.bucket,
+                        Key=ref.key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=data,
+                    )
+                return answer["ETag"]
+            finally:
+                slots.release()
+
+        try:
+            async for data in parts:
+                await slots.acquire()
+                for task in tasks:
+                    if task.done():
+                        task.result()  # a failed part stops the upload now
+                size += len(data)
+                tasks.append(asyncio.create_task(send(len(tasks) + 1, data)))
+            etags = await asyncio.gather(*tasks)
+            with translate_errors(writing=True):
+                answer = await self._write.complete_multipart_upload(
+                    Bucket=ref.bucket,
+                    Key=ref.key,
+                    UploadId=upload_id,
+                    MultipartUpload={
+                        "Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
+                    },
+                )
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            with anyio.CancelScope(shield=True):
+                await self._abort(ref, upload_id, tasks)
+            raise
+        return answer.get("ETag", '""'), size
+
+    async def _abort(self, ref: ObjectRef, upload_id: str, tasks: list[asyncio.Task[str]]) -> None:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Best effort: a bucket lifecycle rule for stale uploads is the backstop.
+        with contextlib.suppress(ClientError, BotoCoreError, aiohttp.ClientError, OSError):
+            await self._write.abort_multipart_upload(
+                Bucket=ref.bucket, Key=ref.key, UploadId=upload_id
+            )
+
+    async def head(self, ref: ObjectRef, *, client: S3Client | None = None) -> ObjectInfo:
+        with translate_errors():
+            answer = await (client or self._read).head_object(Bucket=ref.bucket, Key=ref.key)
+        return _info(ref, answer, answer["ContentLength"])
+
+    async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> S3Stream:
+        extra: dict[str, Any] = {}
+        if byte_range is not None:
+            extra["Range"] = f"bytes={byte_range.start}-{byte_range.end}"
+        with translate_errors():
+            answer = await self._read.get_object(Bucket=ref.bucket, Key=ref.key, **extra)
+        return S3Stream(answer["Body"])
+
+    async def delete(self, ref: ObjectRef) -> None:
+        with translate_errors(writing=True):
+            await self._write.delete_object(Bucket=ref.bucket, Key=ref.key)
+
+
+def _encode_metadata(obj: NewObject) -> dict[str, str]:
+    encoded = {key: encode_metadata_value(value) for key, value in obj.metadata.items()}
+    encoded[NAME_KEY] = encode_metadata_value(obj.file_name)
+    return encoded
+
+
+def _info(ref: ObjectRef, answer: Any, size: int) -> ObjectInfo:
+    raw: dict[str, str] = answer.get("Metadata") or {}
+    metadata = {k: decode_metadata_value(v) for k, v in raw.items() if k != NAME_KEY}
+    name = decode_metadata_value(raw[NAME_KEY]) if NAME_KEY in raw else None
+    last_modified: datetime = answer["LastModified"].astimezone(UTC)
+    return ObjectInfo(
+        ref=ref,
+        size=size,
+        etag=answer.get("ETag") or '""',
+        last_modified=last_modified,
+        file_name=name,
+        content_type=answer.get("ContentType"),
+        storage_class=answer.get("StorageClass") or "STANDARD",
+        metadata=metadata,
+    )
+
+
+async def _split(body: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
+    """Re-cut a stream of chunks into parts of exactly ``size`` bytes (the last one shorter)."""
+    pending: list[bytes] = []
+    pending_size = 0
+    async for chunk in body:
+        pending.append(chunk)
+        pending_size += len(chunk)
+        while pending_size >= size:
+            joined = b"".join(pending)
+            yield joined[:size]
+            rest = joined[size:]
+            pending, pending_size = ([rest] if rest else []), len(rest)
+    if pending or pending_size == 0:
+        yield b"".join(pending)
+
+
+async def _chain(first: bytes, second: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    yield second
+    async for part in rest:
+        if part:
+            yield part

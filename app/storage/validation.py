@@ -1,0 +1,118 @@
+"""What an upload must satisfy before and while it is stored: name, folder, type, size, metadata."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from app.storage.errors import FileTooLarge, InvalidArgument, InvalidFileType
+
+MAX_NAME_BYTES = 200
+"""Leaves room for the 17-character key prefix within a file system's 255-byte name limit."""
+MAX_FOLDER_BYTES = 512
+MAX_FOLDER_DEPTH = 16
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_BYTES = 1024
+"""Keys plus values, UTF-8: keeps S3's 2 KB user-metadata limit after encoding."""
+RESERVED_METADATA_PREFIX = "filegate-"
+_METADATA_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def check_file_name(name: str) -> str:
+    """Return ``name`` unchanged if it is a safe single path segment, else ``InvalidArgument``."""
+    if not name or not name.strip():
+        raise InvalidArgument("The file name is empty.")
+    _check_segment(name, "file name")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise InvalidArgument(f"The file name is longer than {MAX_NAME_BYTES} bytes.")
+    return name
+
+
+def check_folder(folder: str | None) -> str:
+    """Normalise a relative folder (``a/b``; one trailing ``/`` allowed); ``""`` for none."""
+    if not folder:
+        return ""
+    if folder.startswith("/"):
+        raise InvalidArgument("The folder must be a relative path (no leading '/').")
+    folder = folder.removesuffix("/")
+    segments = folder.split("/")
+    if len(segments) > MAX_FOLDER_DEPTH or len(folder.encode()) > MAX_FOLDER_BYTES:
+        raise InvalidArgument("The folder is too deep or too long.")
+    for segment in segments:
+        if not segment.strip():
+            raise InvalidArgument("The folder has an empty segment.")
+        _check_segment(segment, "folder")
+    return folder
+
+
+def _check_segment(segment: str, what: str) -> None:
+    if "/" in segment or "\\" in segment:
+        raise InvalidArgument(f"The {what} must not contain path separators.")
+    if segment in (".", ".."):
+        raise InvalidArgument(f"The {what} must not be '.' or '..'.")
+    if any(unicodedata.category(c) == "Cc" for c in segment):
+        raise InvalidArgument(f"The {what} must not contain control characters.")
+
+
+def extension(name: str) -> str:
+    """The lowercased last extension without the dot; ``""`` for ``Makefile`` or ``.bashrc``."""
+    stem, dot, ext = name.lstrip(".").rpartition(".")
+    return ext.lower() if dot and stem else ""
+
+
+def check_metadata(metadata: Mapping[str, object]) -> dict[str, str]:
+    """User metadata: string to string, lowercase ASCII keys, bounded in count and size."""
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise InvalidArgument(f"At most {MAX_METADATA_ENTRIES} metadata entries are allowed.")
+    size = 0
+    checked: dict[str, str] = {}
+    for key, value in metadata.items():
+        if _METADATA_KEY.fullmatch(key) is None or key.startswith(RESERVED_METADATA_PREFIX):
+            raise InvalidArgument(
+                f"Metadata key {key!r} is not allowed: use 1-64 lowercase letters, digits, "
+                f"'-' or '_', not starting with {RESERVED_METADATA_PREFIX!r}."
+            )
+        if not isinstance(value, str):
+            raise InvalidArgument(f"Metadata value of {key!r} must be a string.")
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            raise InvalidArgument(f"Metadata value of {key!r} must not contain control characters.")
+        size += len(key) + len(value.encode())
+        checked[key] = value
+    if size > MAX_METADATA_BYTES:
+        raise InvalidArgument(f"Metadata is larger than {MAX_METADATA_BYTES} bytes.")
+    return checked
+
+
+@dataclass(frozen=True, slots=True)
+class UploadPolicy:
+    """The operator's limits on what may be stored."""
+
+    max_file_size: int = 0
+    """Bytes; 0 means no limit."""
+    whitelist: frozenset[str] = frozenset()
+    blacklist: frozenset[str] = frozenset()
+
+    def check_type(self, name: str) -> None:
+        ext = extension(name)
+        if ext in self.blacklist or (self.whitelist and ext not in self.whitelist):
+            shown = f".{ext}" if ext else "without an extension"
+            raise InvalidFileType(f"Files {shown} are not accepted.")
+
+    def check_declared_size(self, size: int | None) -> None:
+        """Refuse a body whose declared length is already over the limit, before reading it."""
+        if size is not None and 0 < self.max_file_size < size:
+            raise self._too_large()
+
+    async def limit(self, body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        """Pass ``body`` through, raising ``FileTooLarge`` as soon as it passes the limit."""
+        total = 0
+        async for chunk in body:
+            total += len(chunk)
+            if 0 < self.max_file_size < total:
+                raise self._too_large()
+            yield chunk
+
+    def _too_large(self) -> FileTooLarge:
+        return FileTooLarge(f"The file is larger than the limit of {self.max_file_size} bytes.")

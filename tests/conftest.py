@@ -1,0 +1,141 @@
+"""Fixtures: a session-wide SeaweedFS, and the service under test per backend.
+
+The endpoint suite takes ``client`` and ``storage``: each test runs once against the local disk and
+once against SeaweedFS, through the real lifespan, in a bucket (or directory) of its own.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from app.main import create_app
+from app.settings import Settings
+from tests.servers import ADMIN, READER, WRITER, SeaweedFS
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def unique_bucket() -> str:
+    return f"t-{secrets.token_hex(6)}"
+
+
+@asynccontextmanager
+async def s3_admin(endpoint: str) -> AsyncIterator[Any]:
+    """A direct S3 client with every permission: for arranging and inspecting, never for the
+    behaviour under test."""
+    async with aioboto3.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=ADMIN[0],
+        aws_secret_access_key=ADMIN[1],
+    ) as client:
+        yield client
+
+
+def s3_settings(endpoint: str, bucket: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "storage_mode": "s3",
+        "s3_endpoint": endpoint,
+        "s3_access_key_id": WRITER[0],
+        "s3_secret_access_key": WRITER[1],
+        "s3_read_access_key_id": READER[0],
+        "s3_read_secret_access_key": READER[1],
+        "s3_default_bucket": bucket,
+        "s3_addressing_style": "path",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@dataclass
+class Storage:
+    """What the backend under test really holds, read around the service."""
+
+    backend: str
+    bucket: str
+    root: Path | None = None
+    endpoint: str | None = None
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.backend}:{self.bucket}/"
+
+    async def keys(self) -> list[str]:
+        """Every stored object key, temporary files and pending multipart uploads included."""
+        if self.root is not None:
+            base = self.root / self.bucket
+            found = [str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()]
+            return sorted(found)
+        assert self.endpoint is not None
+        async with s3_admin(self.endpoint) as s3:
+            listed = await s3.list_objects_v2(Bucket=self.bucket)
+            pending = await s3.list_multipart_uploads(Bucket=self.bucket)
+        keys = [item["Key"] for item in listed.get("Contents", [])]
+        keys += [f"(pending upload) {up['Key']}" for up in pending.get("Uploads", [])]
+        return sorted(keys)
+
+    async def read(self, file_id: str) -> bytes:
+        """The stored bytes of a file, read straight from the backend."""
+        key = file_id.removeprefix(self.prefix)
+        if self.root is not None:
+            return (self.root / self.bucket / key).read_bytes()
+        assert self.endpoint is not None
+        async with s3_admin(self.endpoint) as s3:
+            answer = await s3.get_object(Bucket=self.bucket, Key=key)
+            async with answer["Body"] as body:
+                data: bytes = await body.read()
+                return data
+
+
+MakeClient = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+@pytest.fixture(params=["local", "s3"])
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    if request.param == "local":
+        return Storage("local", "files", root=tmp_path / "data")
+    server: SeaweedFS = request.getfixturevalue("seaweed")
+    bucket = unique_bucket()
+    async with s3_admin(server.endpoint) as s3:
+        await s3.create_bucket(Bucket=bucket)
+    return Storage("s3", bucket, endpoint=server.endpoint)
+
+
+def settings_for(storage: Storage, **overrides: Any) -> Settings:
+    if storage.root is not None:
+        return Settings(_env_file=None, local_root=storage.root, **overrides)
+    assert storage.endpoint is not None
+    return s3_settings(storage.endpoint, storage.bucket, **overrides)
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app under its real lifespan, spoken to over ASGI."""
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://filegate") as client:
+            yield client
+
+
+@pytest.fixture
+async def client(storage: Storage) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(settings_for(storage)) as http:
+        yield http

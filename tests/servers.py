@@ -1,0 +1,189 @@
+"""Real servers for the tests and the benchmark: SeaweedFS and filegate itself, on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+ADMIN = ("filegate-admin", "filegate-admin-secret")
+WRITER = ("filegate-writer", "filegate-writer-secret")
+READER = ("filegate-reader", "filegate-reader-secret")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(found).exists():
+        raise RuntimeError("SeaweedFS is missing: install the dev dependencies (uv sync).")
+    return found
+
+
+def _wait_http(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer means it listens
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class SeaweedFS:
+    """``weed mini`` with an admin, a write-only and a read-only identity."""
+
+    directory: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.ports['s3.port']}"
+
+    def start(self) -> None:
+        data = self.directory / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "s3.json"
+        identities = [
+            (ADMIN, ["Admin", "Read", "List", "Write", "Tagging"]),
+            (WRITER, ["Write"]),
+            (READER, ["Read", "List"]),
+        ]
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": key,
+                            "credentials": [{"accessKey": key, "secretKey": secret}],
+                            "actions": actions,
+                        }
+                        for (key, secret), actions in identities
+                    ]
+                }
+            )
+        )
+        if not self.ports:
+            names = [
+                "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance",
+                "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc",
+                "webdav.port", "debug.port",
+            ]  # fmt: skip
+            self.ports = {name: free_port() for name in names}
+        args = [
+            weed_binary(),
+            "mini",
+            f"-dir={data}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            f"-s3.config={config}",
+            "-admin.ui=false",
+            "-master.volumeSizeLimitMB=256",
+            *(f"-{name}={port}" for name, port in self.ports.items()),
+        ]
+        log = open(self.directory / "weed.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        _wait_http(self.endpoint, 60, self.process)
+        self._wait_writable()
+
+    def _wait_writable(self) -> None:
+        """The S3 port answers before the volume server has joined; wait for a real write."""
+        import boto3  # noqa: PLC0415 - only here, synchronous on purpose
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ADMIN[0],
+            aws_secret_access_key=ADMIN[1],
+            region_name="us-east-1",
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket="filegate-ready")
+                client.put_object(Bucket="filegate-ready", Key="probe", Body=b"x")
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+
+
+@dataclass
+class Service:
+    """``filegate`` as a real process on a free loopback port."""
+
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, workdir: Path, *extra_args: str) -> None:
+        command = shutil.which("filegate") or str(Path(sys.executable).parent / "filegate")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "LOCAL_"))}
+        env.update(self.env)
+        self.log_path = workdir / f"filegate-{self.port}.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            [command, "--port", str(self.port), "--log-level", "warning", *extra_args],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        _wait_http(f"{self.url}/healthz", 30, self.process)
+
+    def peak_rss_kib(self) -> int:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmHWM")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
