@@ -110,4 +110,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(files_router)
     app.include_router(ops_router)
+    errors.document_validation_as_400(app)
     return app

@@ -121,7 +121,7 @@ class SeaweedFS:
 
     def _wait_writable(self) -> None:
         """The S3 port answers before the volume server has joined; wait for a real write."""
-        import boto3  # noqa: PLC0415 - only here, synchronous on purpose
+        import boto3  # only here: the readiness probe is synchronous on purpose
 
         client = boto3.client(
             "s3",
@@ -133,7 +133,8 @@ class SeaweedFS:
         deadline = time.monotonic() + 60
         while True:
             try:
-                client.create_bucket(Bucket="filegate-ready")
+                if "filegate-ready" not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+                    client.create_bucket(Bucket="filegate-ready")
                 client.put_object(Bucket="filegate-ready", Key="probe", Body=b"x")
                 return
             except Exception:

@@ -6,8 +6,8 @@ import hashlib
 import json
 import os
 from collections.abc import AsyncIterator
-from email.utils import format_datetime, parsedate_to_datetime
 from datetime import timedelta
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -317,9 +317,7 @@ async def _chunks(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
 async def test_size_limit_while_streaming_leaves_nothing(storage: Storage) -> None:
     """No Content-Length (chunked): the limit trips mid-stream, after multipart upload began."""
     async with serve(settings_for(storage, max_file_size="20MiB")) as client:
-        response = await client.put(
-            "/files/upload/big.bin", content=_chunks(os.urandom(30 * MiB))
-        )
+        response = await client.put("/files/upload/big.bin", content=_chunks(os.urandom(30 * MiB)))
         assert_error(response, 413, "file_too_large")
         exact = os.urandom(20 * MiB)
         ok = await client.put("/files/upload/exact.bin", content=_chunks(exact))
@@ -406,9 +404,7 @@ async def test_whitelist_and_blacklist(storage: Storage) -> None:
     assert len(await storage.keys()) == 2
 
 
-async def test_bucket_outside_allowlist_is_403(
-    client: httpx.AsyncClient, storage: Storage
-) -> None:
+async def test_bucket_outside_allowlist_is_403(client: httpx.AsyncClient, storage: Storage) -> None:
     response = await upload(client, "a.txt", b"x", bucket="not-allowed")
     assert_error(response, 403, "bucket_not_allowed")
     other = f"{storage.backend}:not-allowed/0123456789abcdef_a.txt"
@@ -423,7 +419,10 @@ async def test_bucket_outside_allowlist_is_403(
 
 async def test_ids_of_other_backends_are_403(client: httpx.AsyncClient, storage: Storage) -> None:
     other = "s3" if storage.backend == "local" else "local"
-    for file_id in (f"{other}:files/abc_x.txt", "group1/M00/00/05/fwAAAWsFKtSATKktAAAADgWKGpg335.pdf"):
+    for file_id in (
+        f"{other}:files/abc_x.txt",
+        "group1/M00/00/05/fwAAAWsFKtSATKktAAAADgWKGpg335.pdf",
+    ):
         for response in (
             await client.get(f"/files/{file_id}/info"),
             await client.get(f"/files/{file_id}/download"),
@@ -435,9 +434,13 @@ async def test_ids_of_other_backends_are_403(client: httpx.AsyncClient, storage:
 async def test_form_shape_errors(client: httpx.AsyncClient, storage: Storage) -> None:
     no_file = await client.post("/files/upload", data={"folder": "x"}, files={"other": ("a", b"")})
     assert_error(no_file, 400, "invalid_argument")
-    not_form = await client.post("/files/upload", content=b"raw", headers={"Content-Type": "text/plain"})
+    not_form = await client.post(
+        "/files/upload", content=b"raw", headers={"Content-Type": "text/plain"}
+    )
     assert_error(not_form, 400, "invalid_argument")
-    two = await client.post("/files/upload", files=[("file", ("a.txt", b"a")), ("file", ("b.txt", b"b"))])
+    two = await client.post(
+        "/files/upload", files=[("file", ("a.txt", b"a")), ("file", ("b.txt", b"b"))]
+    )
     assert_error(two, 400, "invalid_argument")
     truncated = await client.post(
         "/files/upload",

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
@@ -24,6 +25,7 @@ _DESCRIPTIONS = {
     500: "Unexpected storage failure",
     503: "Backend unavailable; retry after the Retry-After delay",
 }
+_ERROR_REF = "#/components/schemas/ErrorBody"
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}
 
 
@@ -70,6 +72,31 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(
         exc.status_code, ErrorBody(detail=str(exc.detail), code=code), dict(exc.headers or {})
     )
+
+
+def document_validation_as_400(app: FastAPI) -> None:
+    """Request validation failures are rendered as 400 ``invalid_argument`` (see
+    ``_validation_error``), so the OpenAPI document must not promise FastAPI's 422 shape."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            for item in schema.get("paths", {}).values():
+                for operation in item.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None and "400" not in responses:
+                        responses["400"] = {
+                            "description": _DESCRIPTIONS[400],
+                            "content": {"application/json": {"schema": {"$ref": _ERROR_REF}}},
+                        }
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install(app: FastAPI) -> None:

@@ -109,7 +109,10 @@ async def _receive_form(
         async for part in form.parts():
             if part.filename is None and part.name in FORM_FIELDS:
                 if stored:
-                    raise InvalidArgument("Send folder, bucket and metadata before the file.")
+                    raise InvalidArgument(
+                        f"Form field {part.name!r} came after a file: send folder, bucket and "
+                        "metadata before the file parts (curl -F folder=x -F file=@f)."
+                    )
                 fields[part.name] = await form.text()
             elif part.filename is not None and part.name == file_field:
                 if stored and not many:

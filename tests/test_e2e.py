@@ -1,0 +1,214 @@
+"""filegate as a real process, spoken to with curl and raw sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.conftest import s3_admin, unique_bucket
+from tests.servers import READER, WRITER, SeaweedFS, Service
+
+MiB = 1024 * 1024
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["curl", "-sS", *args], capture_output=True, timeout=120, check=False)
+
+
+def curl_json(*args: str) -> dict[str, object]:
+    done = curl(*args)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def stored_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def local_service(tmp_path: Path) -> Iterator[Service]:
+    service = Service({"LOCAL_ROOT": str(tmp_path / "data")})
+    service.start(tmp_path)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+async def s3_service(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[Service, str]]:
+    bucket = unique_bucket()
+    async with s3_admin(seaweed.endpoint) as s3:
+        await s3.create_bucket(Bucket=bucket)
+    service = Service(
+        {
+            "STORAGE_MODE": "s3",
+            "S3_ENDPOINT": seaweed.endpoint,
+            "S3_ADDRESSING_STYLE": "path",
+            "S3_ACCESS_KEY_ID": WRITER[0],
+            "S3_SECRET_ACCESS_KEY": WRITER[1],
+            "S3_READ_ACCESS_KEY_ID": READER[0],
+            "S3_READ_SECRET_ACCESS_KEY": READER[1],
+            "S3_DEFAULT_BUCKET": bucket,
+        }
+    )
+    service.start(tmp_path)
+    yield service, bucket
+    service.stop()
+
+
+def test_curl_form_put_range_and_resume(local_service: Service, tmp_path: Path) -> None:
+    url = local_service.url
+    source = tmp_path / "Bericht über Q3.bin"
+    data = os.urandom(3 * MiB + 17)
+    source.write_bytes(data)
+
+    attach = curl_json("-F", "folder=reports", "-F", f"file=@{source}", f"{url}/files/upload")
+    file_id = str(attach["file_id"])
+    assert attach["file_name"] == "Bericht über Q3.bin"
+    assert attach["file_size"] == len(data)
+    download_url = f"{url}/files/{quote(file_id)}/download"
+
+    raw = curl_json("-T", str(source), f"{url}/files/upload/")
+    assert raw["file_name"] == source.name
+    assert raw["file_size"] == len(data)
+
+    whole = tmp_path / "whole.bin"
+    assert curl("-f", "-o", str(whole), download_url).returncode == 0
+    assert whole.read_bytes() == data
+
+    part = curl("-f", "-r", "100-199", download_url)
+    assert part.returncode == 0
+    assert part.stdout == data[100:200]
+
+    cut = tmp_path / "resumed.bin"
+    cut.write_bytes(data[: 1 * MiB + 5])  # a download that was cut off
+    resumed = curl("-f", "-C", "-", "-o", str(cut), download_url)
+    assert resumed.returncode == 0, resumed.stderr
+    assert cut.read_bytes() == data
+
+    headers = curl("-f", "-I", download_url).stdout.decode().lower()
+    assert "content-disposition: attachment;" in headers
+    assert "filename*=utf-8''bericht%20%c3%bcber%20q3.bin" in headers
+
+
+def test_literal_dot_segments_reach_the_service_as_400(local_service: Service) -> None:
+    for method, path in (
+        ("GET", "/files/local:files/../../../etc/passwd/info"),
+        ("GET", "/files/local:files/a/../../x/download"),
+        ("DELETE", "/files/local:files/../files/x"),
+        ("PUT", "/files/upload/../x"),
+    ):
+        done = curl(
+            "--path-as-is", "-X", method, "--data-binary", "x",
+            "-w", "\n%{http_code}", f"{local_service.url}{path}",
+        )  # fmt: skip
+        body, _, status = done.stdout.decode().rpartition("\n")
+        assert status == "400", (path, done.stdout)
+        assert json.loads(body)["code"] == "invalid_argument"
+
+
+def _send_partial_upload(url: str, path: str, declared: int, sent: int) -> None:
+    """Start an upload, send part of the body, then vanish."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {declared}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+        )
+        block = os.urandom(MiB)
+        for _ in range(sent // MiB):
+            sock.sendall(block)
+        time.sleep(0.5)
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return check()
+
+
+def test_disconnect_mid_upload_leaves_nothing_on_disk(
+    local_service: Service, tmp_path: Path
+) -> None:
+    _send_partial_upload(local_service.url, "/files/upload/cut.bin", 50 * MiB, 20 * MiB)
+    root = tmp_path / "data"
+    assert _eventually(lambda: stored_files(root / "files") == [])
+    assert stored_files(root / ".filegate-meta") == []
+
+
+async def test_disconnect_mid_upload_aborts_the_multipart_upload(
+    s3_service: tuple[Service, str], seaweed: SeaweedFS
+) -> None:
+    service, bucket = s3_service
+    _send_partial_upload(service.url, "/files/upload/cut.bin", 60 * MiB, 30 * MiB)
+    deadline = time.monotonic() + 15
+    async with s3_admin(seaweed.endpoint) as s3:
+        while True:
+            objects = (await s3.list_objects_v2(Bucket=bucket)).get("Contents", [])
+            pending = (await s3.list_multipart_uploads(Bucket=bucket)).get("Uploads", [])
+            if (not objects and not pending) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    assert objects == []
+    assert pending == []
+    # and the service is still healthy afterwards
+    assert curl_json(f"{service.url}/healthz") == {"status": "ok"}
+
+
+def test_curl_against_s3(s3_service: tuple[Service, str], tmp_path: Path) -> None:
+    service, bucket = s3_service
+    source = tmp_path / "big.bin"
+    data = os.urandom(20 * MiB + 3)
+    source.write_bytes(data)
+    attach = curl_json("-F", f"file=@{source}", f"{service.url}/files/upload")
+    assert str(attach["file_id"]).startswith(f"s3:{bucket}/")
+    out = tmp_path / "out.bin"
+    url = f"{service.url}/files/{quote(str(attach['file_id']))}/download"
+    assert curl("-f", "-o", str(out), url).returncode == 0
+    assert out.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MAX_FILE_SIZE", "lots"),
+        ("STORAGE_MODE", "cloud"),
+        ("S3_ADDRESSING_STYLE", "sideways"),
+        ("S3_DEFAULT_BUCKET", "Not_A_Bucket"),
+        ("S3_CREATE_BUCKET", "perhaps"),
+    ],
+)
+def test_invalid_setting_stops_startup_naming_it(tmp_path: Path, variable: str, value: str) -> None:
+    command = Path(sys.executable).parent / "filegate"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "LOCAL_"))}
+    env[variable] = value
+    done = subprocess.run(
+        [str(command), "--port", "1"], cwd=tmp_path, env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert f"invalid setting {variable}" in done.stderr.decode()
+
+
+def test_serves_with_no_configuration(tmp_path: Path) -> None:
+    service = Service({})
+    service.start(tmp_path)
+    try:
+        attach = curl_json("-T", "/dev/null", f"{service.url}/files/upload/empty.txt")
+        assert str(attach["file_id"]).startswith("local:files/")
+        assert (tmp_path / "data" / "files").is_dir()
+        assert len(stored_files(tmp_path / "data" / "files")) == 1
+    finally:
+        service.stop()

@@ -1,0 +1,120 @@
+"""What only the S3 backend has: separate key pairs, bucket creation, an outage and recovery."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from app.main import create_app
+from tests.conftest import s3_admin, s3_settings, serve, unique_bucket
+from tests.servers import ADMIN, READER, WRITER, SeaweedFS
+
+
+@pytest.fixture
+async def bucket(seaweed: SeaweedFS) -> str:
+    name = unique_bucket()
+    async with s3_admin(seaweed.endpoint) as s3:
+        await s3.create_bucket(Bucket=name)
+    return name
+
+
+async def test_reads_go_through_the_read_only_pair(seaweed: SeaweedFS, bucket: str) -> None:
+    """The write identity has no read permission, so every read that succeeds used the read pair."""
+    async with serve(s3_settings(seaweed.endpoint, bucket)) as client:
+        attach = (await client.post("/files/upload", files={"file": ("a.txt", b"abc")})).json()
+        file_id = attach["file_id"]
+        assert (await client.get(f"/files/{file_id}/download")).content == b"abc"
+        assert (await client.get(f"/files/{file_id}/info")).status_code == 200
+        assert (await client.head(f"/files/{file_id}/download")).status_code == 200
+        assert (await client.delete(f"/files/{file_id}")).status_code == 200
+
+    # Proof that the identities really are split: the writer alone cannot read ...
+    write_only = s3_settings(
+        seaweed.endpoint, bucket, s3_read_access_key_id=None, s3_read_secret_access_key=None
+    )
+    async with serve(write_only) as client:
+        attach = (await client.post("/files/upload", files={"file": ("b.txt", b"b")})).json()
+        denied = await client.get(f"/files/{attach['file_id']}/info")
+        assert denied.status_code == 500
+        assert denied.json()["code"] == "storage_error"
+        assert WRITER[1] not in denied.text
+    # ... and the reader alone cannot write.
+    read_only = s3_settings(
+        seaweed.endpoint, bucket, s3_access_key_id=READER[0], s3_secret_access_key=READER[1]
+    )
+    async with serve(read_only) as client:
+        refused = await client.post("/files/upload", files={"file": ("c.txt", b"c")})
+        assert refused.status_code == 500
+        assert refused.json()["code"] == "storage_error"
+        assert (await client.get(f"/files/{attach['file_id']}/download")).content == b"b"
+
+
+async def test_create_bucket_at_startup(seaweed: SeaweedFS) -> None:
+    name = unique_bucket()
+    settings = s3_settings(
+        seaweed.endpoint,
+        name,
+        s3_access_key_id=ADMIN[0],
+        s3_secret_access_key=ADMIN[1],
+        s3_create_bucket=True,
+    )
+    async with serve(settings) as client:
+        response = await client.post("/files/upload", files={"file": ("a.txt", b"abc")})
+        assert response.status_code == 201
+    async with serve(settings) as client:  # a second start finds it and carries on
+        assert (await client.get(f"/files/{response.json()['file_id']}/download")).content == b"abc"
+    async with s3_admin(seaweed.endpoint) as s3:
+        await s3.head_bucket(Bucket=name)
+
+
+async def test_file_in_a_missing_allowed_bucket_is_404(seaweed: SeaweedFS, bucket: str) -> None:
+    missing = unique_bucket()
+    settings = s3_settings(seaweed.endpoint, bucket, s3_buckets=[bucket, missing])
+    async with serve(settings) as client:
+        response = await client.get(f"/files/s3:{missing}/0123456789abcdef_a.txt/info")
+        assert response.status_code == 404
+        assert response.json()["code"] == "file_not_found"
+
+
+@pytest.fixture
+def private_seaweed(tmp_path: Path) -> Iterator[SeaweedFS]:
+    server = SeaweedFS(tmp_path / "private-seaweedfs")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_s3_outage_is_503_and_the_service_recovers(private_seaweed: SeaweedFS) -> None:
+    bucket = unique_bucket()
+    async with s3_admin(private_seaweed.endpoint) as s3:
+        await s3.create_bucket(Bucket=bucket)
+    app = create_app(s3_settings(private_seaweed.endpoint, bucket))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://filegate") as client:
+            data = os.urandom(1000)
+            attach = (await client.post("/files/upload", files={"file": ("a.bin", data)})).json()
+            file_id = attach["file_id"]
+
+            private_seaweed.stop()
+            for response in (
+                await client.get(f"/files/{file_id}/info"),
+                await client.get(f"/files/{file_id}/download"),
+                await client.post("/files/upload", files={"file": ("b.bin", b"b")}),
+                await client.delete(f"/files/{file_id}"),
+            ):
+                assert response.status_code == 503, response.text
+                assert response.json()["code"] == "backend_unavailable"
+                assert int(response.headers["retry-after"]) > 0
+                assert "Traceback" not in response.text
+                assert WRITER[1] not in response.text
+
+            private_seaweed.start()  # same ports, same data
+            recovered = await client.get(f"/files/{file_id}/download")
+            assert recovered.status_code == 200
+            assert recovered.content == data
