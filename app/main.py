@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from app.api import errors
 from app.api.files import router as files_router
 from app.api.ops import router as ops_router
+from app.runtime import keep_large_buffers_out_of_the_heap
 from app.settings import Settings
 from app.storage.fusion import FileService, Target
 from app.storage.ids import BackendName
@@ -80,6 +81,7 @@ async def _open_s3(settings: Settings, stack: AsyncExitStack) -> S3Backend:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for ``settings`` (read from the environment when not given)."""
     settings = settings or Settings()
+    keep_large_buffers_out_of_the_heap()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:

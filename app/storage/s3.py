@@ -38,7 +38,7 @@ else:
     S3Client = Any
 
 PART_SIZE = 8 * 1024 * 1024
-PARTS_IN_FLIGHT = 4
+PARTS_IN_FLIGHT = 2
 READ_CHUNK = 256 * 1024
 NAME_KEY = "filegate-name"
 
@@ -165,20 +165,21 @@ class S3Backend:
 
     async def put(self, obj: NewObject, body: AsyncIterable[bytes]) -> ObjectInfo:
         parts = _split(body, self._part_size)
-        first = await anext(parts, b"")
-        second = await anext(parts, None) if len(first) == self._part_size else None
+        first = await anext(parts, bytearray())
         extra: dict[str, Any] = {
             "ContentType": obj.content_type,
             "Metadata": _encode_metadata(obj),
         }
-        if second is None:
+        if len(first) < self._part_size:  # the whole body fitted in one part
             with translate_errors(writing=True):
                 answer = await self._write.put_object(
-                    Bucket=obj.ref.bucket, Key=obj.ref.key, Body=first, **extra
+                    Bucket=obj.ref.bucket, Key=obj.ref.key, Body=bytes(first), **extra
                 )
             etag, size = answer["ETag"], len(first)
         else:
-            etag, size = await self._multipart(obj.ref, _chain(first, second, parts), extra)
+            chained = _prepend(first, parts)
+            del first  # the chain owns it now, and drops it once it is sent
+            etag, size = await self._multipart(obj.ref, chained, extra)
         return ObjectInfo(
             ref=obj.ref,
             size=size,
@@ -191,7 +192,7 @@ class S3Backend:
         )
 
     async def _multipart(
-        self, ref: ObjectRef, parts: AsyncIterator[bytes], extra: dict[str, Any]
+        self, ref: ObjectRef, parts: AsyncIterator[bytearray], extra: dict[str, Any]
     ) -> tuple[str, int]:
         """Upload ``parts`` with a few in flight; return the ETag and the size stored."""
         with translate_errors(writing=True):
@@ -218,13 +219,19 @@ class S3Backend:
                 slots.release()
 
         try:
-            async for data in parts:
-                await slots.acquire()
+            while True:
+                await slots.acquire()  # read on only when a part may be sent: backpressure
                 for task in tasks:
                     if task.done():
                         task.result()  # a failed part stops the upload now
+                data = await anext(parts, None)
+                if not data:
+                    slots.release()
+                    break
                 size += len(data)
-                tasks.append(asyncio.create_task(send(len(tasks) + 1, data)))
+                # bytes, not the bytearray: aiohttp sends bytes without slicing a copy
+                tasks.append(asyncio.create_task(send(len(tasks) + 1, bytes(data))))
+                del data
             etags = await asyncio.gather(*tasks)
             with translate_errors(writing=True):
                 answer = await self._write.complete_multipart_upload(
@@ -292,25 +299,29 @@ def _info(ref: ObjectRef, answer: Any, size: int) -> ObjectInfo:
     )
 
 
-async def _split(body: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    """Re-cut a stream of chunks into parts of exactly ``size`` bytes (the last one shorter)."""
-    pending: list[bytes] = []
-    pending_size = 0
+async def _split(body: AsyncIterable[bytes], size: int) -> AsyncIterator[bytearray]:
+    """Re-cut a stream of chunks into parts of exactly ``size`` bytes (the last one shorter).
+
+    Each part is filled in place in a buffer allocated once at its full size and handed over
+    without another copy.
+    """
+    part, filled = bytearray(size), 0
     async for chunk in body:
-        pending.append(chunk)
-        pending_size += len(chunk)
-        while pending_size >= size:
-            joined = b"".join(pending)
-            yield joined[:size]
-            rest = joined[size:]
-            pending, pending_size = ([rest] if rest else []), len(rest)
-    if pending or pending_size == 0:
-        yield b"".join(pending)
+        view = memoryview(chunk)
+        while view:
+            taken = min(size - filled, len(view))
+            part[filled : filled + taken] = view[:taken]
+            filled += taken
+            view = view[taken:]
+            if filled == size:
+                yield part
+                part, filled = bytearray(size), 0
+    del part[filled:]
+    yield part
 
 
-async def _chain(first: bytes, second: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _prepend(first: bytearray, rest: AsyncIterator[bytearray]) -> AsyncIterator[bytearray]:
     yield first
-    yield second
+    del first
     async for part in rest:
-        if part:
-            yield part
+        yield part

@@ -1,0 +1,108 @@
+"""Peak memory of filegate while it moves one large file, on the local disk and on SeaweedFS.
+
+    uv run python -m bench.memory [--size-mib 1024]
+
+Starts SeaweedFS and filegate (as real processes, on loopback), uploads a file of random bytes
+with ``curl -T`` and ``curl -F``, downloads it with ``curl``, and prints the service's peak RSS
+(VmHWM, reset between phases through /proc/<pid>/clear_refs) and the throughput of each phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from tests.servers import ADMIN, READER, WRITER, SeaweedFS, Service
+
+MiB = 1024 * 1024
+
+
+def _reset_peak(service: Service) -> None:
+    assert service.process is not None
+    Path(f"/proc/{service.process.pid}/clear_refs").write_text("5")
+
+
+def _curl(*args: str) -> tuple[float, bytes]:
+    start = time.perf_counter()
+    done = subprocess.run(["curl", "-sS", "-f", *args], capture_output=True, check=True)
+    return time.perf_counter() - start, done.stdout
+
+
+def _measure(service: Service, source: Path, size: int) -> list[tuple[str, float, float]]:
+    rows = []
+    for label, args in (
+        ("upload (curl -T)", ["-T", str(source), f"{service.url}/files/upload/big.bin"]),
+        ("upload (curl -F)", ["-F", f"file=@{source}", f"{service.url}/files/upload"]),
+    ):
+        _reset_peak(service)
+        seconds, body = _curl(*args)
+        rows.append((label, seconds, service.peak_rss_kib() / 1024))
+        file_id = json.loads(body)["file_id"]
+    _reset_peak(service)
+    url = f"{service.url}/files/{quote(file_id)}/download"
+    seconds, _ = _curl("-o", "/dev/null", url)
+    rows.append(("download", seconds, service.peak_rss_kib() / 1024))
+    return [(label, size / MiB / seconds, peak) for label, seconds, peak in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    args = parser.parse_args()
+    size = args.size_mib * MiB
+    with tempfile.TemporaryDirectory(prefix="filegate-bench-") as tmp:
+        work = Path(tmp)
+        source = work / "source.bin"
+        with source.open("wb") as file:
+            for _ in range(args.size_mib):
+                file.write(os.urandom(MiB))
+        seaweed = SeaweedFS(work / "seaweedfs")
+        seaweed.start()
+        try:
+            import boto3
+
+            boto3.client(
+                "s3",
+                endpoint_url=seaweed.endpoint,
+                aws_access_key_id=ADMIN[0],
+                aws_secret_access_key=ADMIN[1],
+                region_name="us-east-1",
+            ).create_bucket(Bucket="bench")
+            services = {
+                "local": Service({"LOCAL_ROOT": str(work / "data")}),
+                "s3": Service(
+                    {
+                        "STORAGE_MODE": "s3",
+                        "S3_ENDPOINT": seaweed.endpoint,
+                        "S3_ADDRESSING_STYLE": "path",
+                        "S3_ACCESS_KEY_ID": WRITER[0],
+                        "S3_SECRET_ACCESS_KEY": WRITER[1],
+                        "S3_READ_ACCESS_KEY_ID": READER[0],
+                        "S3_READ_SECRET_ACCESS_KEY": READER[1],
+                        "S3_DEFAULT_BUCKET": "bench",
+                    }
+                ),
+            }
+            print(f"| backend | phase ({args.size_mib} MiB) | MiB/s | peak RSS MiB |")
+            print("|---|---|---|---|")
+            for name, service in services.items():
+                service.start(work)
+                try:
+                    idle = service.peak_rss_kib() / 1024
+                    print(f"| {name} | idle after start | | {idle:.0f} |")
+                    for label, rate, peak in _measure(service, source, size):
+                        print(f"| {name} | {label} | {rate:.0f} | {peak:.0f} |")
+                finally:
+                    service.stop()
+        finally:
+            seaweed.stop()
+
+
+if __name__ == "__main__":
+    main()
