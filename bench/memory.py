@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from tests.servers import ADMIN, READER, WRITER, SeaweedFS, Service
+from tests.servers import ADMIN, SeaweedFS, Service
 
 MiB = 1024 * 1024
 
@@ -76,18 +76,7 @@ def main() -> None:
             ).create_bucket(Bucket="bench")
             services = {
                 "local": Service({"LOCAL_ROOT": str(work / "data")}),
-                "s3": Service(
-                    {
-                        "STORAGE_MODE": "s3",
-                        "S3_ENDPOINT": seaweed.endpoint,
-                        "S3_ADDRESSING_STYLE": "path",
-                        "S3_ACCESS_KEY_ID": WRITER[0],
-                        "S3_SECRET_ACCESS_KEY": WRITER[1],
-                        "S3_READ_ACCESS_KEY_ID": READER[0],
-                        "S3_READ_SECRET_ACCESS_KEY": READER[1],
-                        "S3_DEFAULT_BUCKET": "bench",
-                    }
-                ),
+                "s3": Service(seaweed.service_env("bench")),
             }
             print(f"| backend | phase ({args.size_mib} MiB) | MiB/s | peak RSS MiB |")
             print("|---|---|---|---|")

@@ -147,6 +147,19 @@ class SeaweedFS:
             _stop(self.process)
             self.process = None
 
+    def service_env(self, bucket: str) -> dict[str, str]:
+        """filegate's environment for S3 mode here: writes with the writer, reads with the reader."""
+        return {
+            "STORAGE_MODE": "s3",
+            "S3_ENDPOINT": self.endpoint,
+            "S3_ADDRESSING_STYLE": "path",
+            "S3_ACCESS_KEY_ID": WRITER[0],
+            "S3_SECRET_ACCESS_KEY": WRITER[1],
+            "S3_READ_ACCESS_KEY_ID": READER[0],
+            "S3_READ_SECRET_ACCESS_KEY": READER[1],
+            "S3_DEFAULT_BUCKET": bucket,
+        }
+
 
 @dataclass
 class Service:

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.conftest import s3_admin, unique_bucket
-from tests.servers import READER, WRITER, SeaweedFS, Service
+from tests.servers import SeaweedFS, Service
 
 MiB = 1024 * 1024
 
@@ -49,18 +49,7 @@ async def s3_service(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[Servi
     bucket = unique_bucket()
     async with s3_admin(seaweed.endpoint) as s3:
         await s3.create_bucket(Bucket=bucket)
-    service = Service(
-        {
-            "STORAGE_MODE": "s3",
-            "S3_ENDPOINT": seaweed.endpoint,
-            "S3_ADDRESSING_STYLE": "path",
-            "S3_ACCESS_KEY_ID": WRITER[0],
-            "S3_SECRET_ACCESS_KEY": WRITER[1],
-            "S3_READ_ACCESS_KEY_ID": READER[0],
-            "S3_READ_SECRET_ACCESS_KEY": READER[1],
-            "S3_DEFAULT_BUCKET": bucket,
-        }
-    )
+    service = Service(seaweed.service_env(bucket))
     service.start(tmp_path)
     yield service, bucket
     service.stop()
@@ -212,3 +201,24 @@ def test_serves_with_no_configuration(tmp_path: Path) -> None:
         assert len(stored_files(tmp_path / "data" / "files")) == 1
     finally:
         service.stop()
+
+
+def test_failure_after_the_first_byte_aborts_the_download(
+    local_service: Service, tmp_path: Path
+) -> None:
+    """A file that shrinks under a running download must fail the transfer, not end it short."""
+    data = os.urandom(64 * MiB)
+    source = tmp_path / "src.bin"
+    source.write_bytes(data)
+    attach = curl_json("-T", str(source), f"{local_service.url}/files/upload/shrinks.bin")
+    stored = tmp_path / "data" / str(attach["file_id"]).removeprefix("local:")
+    out = tmp_path / "out.bin"
+    url = f"{local_service.url}/files/{quote(str(attach['file_id']))}/download"
+    download = subprocess.Popen(
+        ["curl", "-sS", "--limit-rate", "4M", "-o", str(out), url], stderr=subprocess.DEVNULL
+    )
+    assert _eventually(lambda: out.exists() and out.stat().st_size > 0, timeout=10)
+    os.truncate(stored, MiB)  # the backend now fails mid-stream
+    assert download.wait(timeout=60) != 0  # curl: transfer closed with data outstanding
+    assert out.stat().st_size < len(data)
+    assert curl_json(f"{local_service.url}/healthz") == {"status": "ok"}

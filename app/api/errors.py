@@ -74,6 +74,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug, not a storage condition: logged with its traceback, shown to the client as JSON
+    without one. (Starlette re-raises it afterwards, so the server logs it too.)"""
+    log.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, ErrorBody(detail="Internal error.", code="internal_error"))
+
+
 def document_validation_as_400(app: FastAPI) -> None:
     """Request validation failures are rendered as 400 ``invalid_argument`` (see
     ``_validation_error``), so the OpenAPI document must not promise FastAPI's 422 shape."""
@@ -103,3 +110,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StorageError, _storage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
