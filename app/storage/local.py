@@ -37,7 +37,7 @@ async def _run[T](func: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(func, *args)
 
 
-def _translate(exc: OSError, ref: ObjectRef) -> StorageError:
+def _translate(exc: OSError) -> StorageError:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
         return FileNotFound("No such file.")
     if exc.errno == errno.ENAMETOOLONG:
@@ -107,7 +107,7 @@ class LocalBackend:
         try:
             file, temp = await _run(self._create_temp, path.parent)
         except OSError as exc:
-            raise _translate(exc, obj.ref) from exc
+            raise _translate(exc) from exc
         md5 = hashlib.md5(usedforsecurity=False)
         pending: list[bytes] = []
         pending_size = 0
@@ -128,7 +128,7 @@ class LocalBackend:
             }
             return await _run(self._commit, file, temp, path, meta_path, record, obj.ref)
         except OSError as exc:
-            raise _translate(exc, obj.ref) from exc
+            raise _translate(exc) from exc
         finally:
             with anyio.CancelScope(shield=True):
                 await _run(_discard, file, temp)
@@ -171,7 +171,7 @@ class LocalBackend:
         try:
             return await _run(self._head, path, ref)
         except OSError as exc:
-            raise _translate(exc, ref) from exc
+            raise _translate(exc) from exc
 
     def _head(self, path: Path, ref: ObjectRef) -> ObjectInfo:
         st = path.stat()
@@ -196,14 +196,14 @@ class LocalBackend:
         try:
             return await _run(_open_span, path, byte_range)
         except OSError as exc:
-            raise _translate(exc, ref) from exc
+            raise _translate(exc) from exc
 
     async def delete(self, ref: ObjectRef) -> None:
         path = self._path(ref)
         try:
             await _run(self._delete, path, ref)
         except OSError as exc:
-            raise _translate(exc, ref) from exc
+            raise _translate(exc) from exc
 
     def _delete(self, path: Path, ref: ObjectRef) -> None:
         for target in (path, self._meta_path(ref)):

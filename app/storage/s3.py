@@ -258,9 +258,9 @@ class S3Backend:
                 Bucket=ref.bucket, Key=ref.key, UploadId=upload_id
             )
 
-    async def head(self, ref: ObjectRef, *, client: S3Client | None = None) -> ObjectInfo:
+    async def head(self, ref: ObjectRef) -> ObjectInfo:
         with translate_errors():
-            answer = await (client or self._read).head_object(Bucket=ref.bucket, Key=ref.key)
+            answer = await self._read.head_object(Bucket=ref.bucket, Key=ref.key)
         return _info(ref, answer, answer["ContentLength"])
 
     async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> S3Stream:
