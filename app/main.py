@@ -15,6 +15,7 @@ from app.api.files import router as files_router
 from app.api.ops import router as ops_router
 from app.runtime import keep_large_buffers_out_of_the_heap
 from app.settings import Settings
+from app.storage.fastdfs import FastDFSBackend
 from app.storage.fusion import FileService, Target
 from app.storage.ids import BackendName
 from app.storage.local import LocalBackend
@@ -78,6 +79,43 @@ async def _open_s3(settings: Settings, stack: AsyncExitStack) -> S3Backend:
     return backend
 
 
+UPLOADS_GO_TO: dict[str, BackendName] = {
+    "local": "local",
+    "s3": "s3",
+    "fastdfs": "fastdfs",
+    "hybrid": "s3",
+}
+
+
+async def _open_targets(settings: Settings, stack: AsyncExitStack) -> dict[BackendName, Target]:
+    """The backends this storage mode enables, opened for the life of the process."""
+    mode = settings.storage_mode
+    targets: dict[BackendName, Target] = {}
+    if mode == "local":
+        local = LocalBackend(settings.local_root)
+        await local.start()
+        targets["local"] = Target(local, frozenset({settings.local_bucket}), settings.local_bucket)
+    if mode in ("s3", "hybrid"):
+        s3 = await _open_s3(settings, stack)
+        targets["s3"] = Target(s3, settings.allowed_s3_buckets, settings.s3_default_bucket)
+    if mode in ("fastdfs", "hybrid"):
+        fastdfs = FastDFSBackend(
+            settings.fastdfs_tracker_servers,
+            settings.fastdfs_connect_timeout,
+            settings.fastdfs_network_timeout,
+        )
+        stack.push_async_callback(fastdfs.close)
+        legacy = mode == "hybrid"  # the switches guard legacy files in hybrid mode only
+        targets["fastdfs"] = Target(
+            fastdfs,
+            frozenset(),  # the tracker chooses the group
+            "",
+            readable=settings.fastdfs_download_enabled or not legacy,
+            deletable=settings.fastdfs_delete_enabled or not legacy,
+        )
+    return targets
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for ``settings`` (read from the environment when not given)."""
     settings = settings or Settings()
@@ -86,22 +124,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         async with AsyncExitStack() as stack:
-            targets: dict[BackendName, Target] = {}
-            if settings.storage_mode == "local":
-                local = LocalBackend(settings.local_root)
-                await local.start()
-                bucket = settings.local_bucket
-                targets["local"] = Target(local, frozenset({bucket}), bucket)
-            else:
-                s3 = await _open_s3(settings, stack)
-                targets["s3"] = Target(s3, settings.allowed_s3_buckets, settings.s3_default_bucket)
+            targets = await _open_targets(settings, stack)
             policy = UploadPolicy(
                 max_file_size=int(settings.max_file_size),
                 whitelist=frozenset(settings.file_whitelist),
                 blacklist=frozenset(settings.file_blacklist),
             )
-            upload_to: BackendName = "local" if settings.storage_mode == "local" else "s3"
-            yield {"files": FileService(targets, upload_to, policy)}
+            yield {"files": FileService(targets, UPLOADS_GO_TO[settings.storage_mode], policy)}
 
     app = FastAPI(
         title="filegate",

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
 
-    storage_mode: Literal["local", "s3"] = "local"
+    storage_mode: Literal["local", "s3", "fastdfs", "hybrid"] = "local"
     local_root: Path = Path("./data")
     local_bucket: str = "files"
 
@@ -41,13 +41,28 @@ class Settings(BaseSettings):
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
     s3_create_bucket: bool = False
 
+    fastdfs_tracker_servers: CommaList = Field(default_factory=list)
+    fastdfs_connect_timeout: float = Field(default=3, gt=0)
+    fastdfs_network_timeout: float = Field(default=30, gt=0)
+    fastdfs_download_enabled: bool = True
+    fastdfs_delete_enabled: bool = True
+
     max_file_size: ByteSize = ByteSize(0)
     file_whitelist: CommaList = Field(default_factory=list)
     file_blacklist: CommaList = Field(default_factory=list)
 
-    _split = field_validator("s3_buckets", "file_whitelist", "file_blacklist", mode="before")(
-        _split_commas
-    )
+    _split = field_validator(
+        "s3_buckets", "file_whitelist", "file_blacklist", "fastdfs_tracker_servers", mode="before"
+    )(_split_commas)
+
+    @field_validator("fastdfs_tracker_servers")
+    @classmethod
+    def _trackers(cls, value: list[str]) -> list[str]:
+        for server in value:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server!r} is not host:port")
+        return value
 
     @field_validator("file_whitelist", "file_blacklist")
     @classmethod
@@ -93,6 +108,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"{names}: set both or neither")
         if self.s3_buckets and self.s3_default_bucket not in self.s3_buckets:
             raise ValueError("S3_DEFAULT_BUCKET must be one of S3_BUCKETS")
+        if self.storage_mode in ("fastdfs", "hybrid") and not self.fastdfs_tracker_servers:
+            raise ValueError(
+                f"FASTDFS_TRACKER_SERVERS is required when STORAGE_MODE={self.storage_mode}"
+            )
         return self
 
     @property

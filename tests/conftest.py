@@ -20,6 +20,7 @@ from asgi_lifespan import LifespanManager
 
 from app.main import create_app
 from app.settings import Settings
+from tests.fdfs_emulator import FastDFS
 from tests.servers import ADMIN, READER, WRITER, SeaweedFS
 
 
@@ -66,19 +67,36 @@ def s3_settings(endpoint: str, bucket: str, **overrides: Any) -> Settings:
 
 @dataclass
 class Storage:
-    """What the backend under test really holds, read around the service."""
+    """What the backend under test really holds, read around the service.
 
+    ``mode`` is the storage mode; ``backend`` where uploads go (hybrid mode uploads to S3 and
+    also has a FastDFS emulator for legacy ids).
+    """
+
+    mode: str
     backend: str
     bucket: str
     root: Path | None = None
     endpoint: str | None = None
+    fastdfs: FastDFS | None = None
 
     @property
     def prefix(self) -> str:
+        if self.backend == "fastdfs":
+            return f"{self.bucket}/"
         return f"{self.backend}:{self.bucket}/"
+
+    def missing_id(self) -> str:
+        """A well-formed id of a file that does not exist."""
+        if self.backend == "fastdfs":
+            return f"{self.bucket}/M00/00/00/fwAAAWsFKtSATKktAAAADgWKGpg335.txt"
+        return f"{self.prefix}0123456789abcdef_missing.txt"
 
     async def keys(self) -> list[str]:
         """Every stored object key, temporary files and pending multipart uploads included."""
+        if self.backend == "fastdfs":
+            assert self.fastdfs is not None
+            return [name for name in self.fastdfs.stored_files() if not name.endswith("-m")]
         if self.root is not None:
             base = self.root / self.bucket
             found = [str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()]
@@ -94,6 +112,11 @@ class Storage:
     async def read(self, file_id: str) -> bytes:
         """The stored bytes of a file, read straight from the backend."""
         key = file_id.removeprefix(self.prefix)
+        if self.backend == "fastdfs":
+            assert self.fastdfs is not None
+            path = self.fastdfs.storage.path(key)
+            assert path is not None
+            return path.read_bytes()
         if self.root is not None:
             return (self.root / self.bucket / key).read_bytes()
         assert self.endpoint is not None
@@ -107,21 +130,51 @@ class Storage:
 MakeClient = Callable[..., Awaitable[httpx.AsyncClient]]
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture
+def fastdfs(tmp_path: Path) -> Iterator[FastDFS]:
+    """A FastDFS tracker + storage emulator of this test's own, on free loopback ports."""
+    emulator = FastDFS(tmp_path / "fastdfs")
+    emulator.serve_in_thread()
+    yield emulator
+    emulator.shutdown()
+
+
+@pytest.fixture(params=["local", "s3", "fastdfs", "hybrid"])
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "local":
-        return Storage("local", "files", root=tmp_path / "data")
+    mode = request.param
+    if mode == "local":
+        return Storage(mode, "local", "files", root=tmp_path / "data")
+    if mode == "fastdfs":
+        return Storage(mode, "fastdfs", "group1", fastdfs=request.getfixturevalue("fastdfs"))
     server: SeaweedFS = request.getfixturevalue("seaweed")
     bucket = unique_bucket()
     async with s3_admin(server.endpoint) as s3:
         await s3.create_bucket(Bucket=bucket)
-    return Storage("s3", bucket, endpoint=server.endpoint)
+    legacy = request.getfixturevalue("fastdfs") if mode == "hybrid" else None
+    return Storage(mode, "s3", bucket, endpoint=server.endpoint, fastdfs=legacy)
+
+
+def fastdfs_settings(emulator: FastDFS, **overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "fastdfs_tracker_servers": [emulator.tracker_address],
+        "fastdfs_connect_timeout": 2,
+        "fastdfs_network_timeout": 2,
+    }
+    values.update(overrides)
+    return values
 
 
 def settings_for(storage: Storage, **overrides: Any) -> Settings:
-    if storage.root is not None:
+    if storage.mode == "local":
         return Settings(_env_file=None, local_root=storage.root, **overrides)
+    if storage.mode == "fastdfs":
+        assert storage.fastdfs is not None
+        values = fastdfs_settings(storage.fastdfs, storage_mode="fastdfs", **overrides)
+        return Settings(_env_file=None, **values)
     assert storage.endpoint is not None
+    if storage.mode == "hybrid":
+        assert storage.fastdfs is not None
+        overrides = fastdfs_settings(storage.fastdfs, storage_mode="hybrid", **overrides)
     return s3_settings(storage.endpoint, storage.bucket, **overrides)
 
 

@@ -197,6 +197,7 @@ async def upload_raw(
         bucket=bucket,
         content_type=request.headers.get("content-type"),
         metadata=metadata,
+        size=_declared_length(request),
     )
     return _created([await files.store(file_id, new, request.stream())], many=False)
 

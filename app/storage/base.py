@@ -35,6 +35,8 @@ class NewObject:
     file_name: str
     content_type: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+    size: int | None = None
+    """The body's length when the client declared it (FastDFS needs it before the content)."""
 
 
 @dataclass(frozen=True, slots=True)

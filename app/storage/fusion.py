@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import anyio
 
 from app.storage.base import Backend, ByteRange, NewObject, ObjectInfo, ObjectRef, ObjectStream
-from app.storage.errors import BucketNotAllowed, RouteNotSupported, StorageError
+from app.storage.errors import (
+    BucketNotAllowed,
+    DeleteNotSupported,
+    InvalidArgument,
+    RouteNotSupported,
+    StorageError,
+)
 from app.storage.ids import BackendName, FileId, new_key, parse_file_id
 from app.storage.validation import UploadPolicy, check_file_name, check_folder, check_metadata
 
@@ -29,7 +35,10 @@ class Target:
 
     backend: Backend
     buckets: frozenset[str]
+    """The allowlist; empty means any (FastDFS groups are chosen by the tracker)."""
     default_bucket: str
+    readable: bool = True
+    deletable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +68,17 @@ class FileService:
         self._upload_to = upload_to
         self.policy = policy
 
-    def resolve(self, raw_id: str) -> tuple[FileId, Backend]:
-        """Parse an id and check that this deployment may touch it."""
+    def resolve(self, raw_id: str, *, deleting: bool = False) -> tuple[FileId, Backend]:
+        """Parse an id and check that this deployment may read (or delete) it."""
         file_id = parse_file_id(raw_id)
         target = self._targets.get(file_id.backend)
-        if target is None:
+        if target is None or not (target.readable or deleting):
             raise RouteNotSupported(
                 f"Files on {file_id.backend} are not served in this storage mode.", file_id=raw_id
+            )
+        if deleting and not target.deletable:
+            raise DeleteNotSupported(
+                f"Deleting files on {file_id.backend} is disabled.", file_id=raw_id
             )
         if target.buckets and file_id.ref.bucket not in target.buckets:
             raise BucketNotAllowed(f"Bucket {file_id.ref.bucket!r} is not allowed.", file_id=raw_id)
@@ -80,7 +93,7 @@ class FileService:
         return await _with_id(backend.open(file_id.ref, byte_range), str(file_id))
 
     async def delete(self, raw_id: str) -> FileId:
-        file_id, backend = self.resolve(raw_id)
+        file_id, backend = self.resolve(raw_id, deleting=True)
         await _with_id(backend.delete(file_id.ref), raw_id)
         return file_id
 
@@ -92,14 +105,17 @@ class FileService:
         bucket: str | None = None,
         content_type: str | None = None,
         metadata: Mapping[str, object] | None = None,
+        size: int | None = None,
     ) -> tuple[FileId, NewObject]:
         """Validate everything known before the first byte, and choose the new file's id."""
         name = check_file_name(file_name)
         self.policy.check_type(name)
         clean_folder = check_folder(folder)
         target = self._targets[self._upload_to]
+        if bucket and not target.buckets:
+            raise InvalidArgument(f"{self._upload_to} chooses where files go: omit 'bucket'.")
         chosen = bucket or target.default_bucket
-        if chosen not in target.buckets:
+        if target.buckets and chosen not in target.buckets:
             raise BucketNotAllowed(f"Bucket {chosen!r} is not allowed.")
         ref = ObjectRef(chosen, new_key(clean_folder, name))
         new = NewObject(
@@ -107,6 +123,7 @@ class FileService:
             file_name=name,
             content_type=content_type_for(name, content_type),
             metadata=check_metadata(metadata or {}),
+            size=size,
         )
         return FileId(self._upload_to, ref), new
 
@@ -116,7 +133,8 @@ class FileService:
         """Stream ``body`` to the backend under the size limit; all of it or nothing."""
         backend = self._targets[file_id.backend].backend
         info = await backend.put(new, self.policy.limit(body))
-        return StoredFile(file_id, info)
+        # FastDFS names the file itself; the other backends store it where they were asked.
+        return StoredFile(FileId(file_id.backend, info.ref), info)
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[list[StoredFile]]:

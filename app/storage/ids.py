@@ -19,6 +19,7 @@ BackendName = Literal["local", "s3", "fastdfs"]
 _PREFIXES: tuple[tuple[str, BackendName], ...] = (("s3:", "s3"), ("local:", "local"))
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _FASTDFS_GROUP = re.compile(r"[A-Za-z0-9_-]{1,16}")
+_FASTDFS_REMOTE = re.compile(r"M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[A-Za-z0-9_.-]+")
 MAX_KEY_BYTES = 1024
 
 
@@ -49,7 +50,8 @@ def parse_file_id(raw: str) -> FileId:
     if not sep or not key:
         raise InvalidArgument("A file id needs a bucket (or group) and a key.", file_id=raw)
     if backend == "fastdfs":
-        if _FASTDFS_GROUP.fullmatch(bucket) is None:
+        well_formed = _FASTDFS_REMOTE.fullmatch(key) is not None and 22 <= len(key) < 128
+        if _FASTDFS_GROUP.fullmatch(bucket) is None or not well_formed:
             raise InvalidArgument("Malformed FastDFS file id.", file_id=raw)
     elif not is_valid_bucket_name(bucket):
         raise InvalidArgument("Malformed bucket name in file id.", file_id=raw)
