@@ -1,8 +1,9 @@
-"""Peak memory of filegate while it moves one large file, on the local disk and on SeaweedFS.
+"""Peak memory of filegate while it moves one large file: local disk, SeaweedFS, FastDFS.
 
     uv run python -m bench.memory [--size-mib 1024]
 
-Starts SeaweedFS and filegate (as real processes, on loopback), uploads a file of random bytes
+Starts SeaweedFS, the FastDFS emulator (in this process) and filegate (as real processes, on
+loopback), uploads a file of random bytes
 with ``curl -T`` and ``curl -F``, downloads it with ``curl``, and prints the service's peak RSS
 (VmHWM, reset between phases through /proc/<pid>/clear_refs) and the throughput of each phase.
 """
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from tests.fdfs_emulator import FastDFS
 from tests.servers import ADMIN, SeaweedFS, Service
 
 MiB = 1024 * 1024
@@ -64,6 +66,8 @@ def main() -> None:
                 file.write(os.urandom(MiB))
         seaweed = SeaweedFS(work / "seaweedfs")
         seaweed.start()
+        fastdfs = FastDFS(work / "fastdfs")
+        fastdfs.serve_in_thread()
         try:
             import boto3
 
@@ -77,6 +81,9 @@ def main() -> None:
             services = {
                 "local": Service({"LOCAL_ROOT": str(work / "data")}),
                 "s3": Service(seaweed.service_env("bench")),
+                "fastdfs": Service(
+                    {"STORAGE_MODE": "fastdfs", "FASTDFS_TRACKER_SERVERS": fastdfs.tracker_address}
+                ),
             }
             print(f"| backend | phase ({args.size_mib} MiB) | MiB/s | peak RSS MiB |")
             print("|---|---|---|---|")
@@ -90,6 +97,7 @@ def main() -> None:
                 finally:
                     service.stop()
         finally:
+            fastdfs.shutdown()
             seaweed.stop()
 
 

@@ -4,8 +4,14 @@ Speaks the real wire format over TCP on loopback: 10-byte headers, header-only e
 Linux errno, the 40/39-byte IPv4 query replies, generated 44-character remote file names, sorted
 metadata records, sign-extended CRC32 in QUERY_FILE_INFO, 22 for any download of a 0-byte file,
 and the storage closing its connection after every EINVAL reply. Faults can be switched on while it
-runs (``fault`` on either server): ``"close_mid_reply"``, ``"stall"``, ``"no_storage"`` (tracker
-up, no ACTIVE storage) and ``stop()`` for refused connections.
+runs (``fault`` on either server):
+
+- both: ``"stall"`` (read the request, never answer), ``"slow"`` (answer after ``delay`` seconds),
+  ``"close_mid_header"`` (send half a header, then close);
+- storage: ``"eof_download"`` / ``"eof_metadata"`` (a success header announcing the whole body, part
+  of it, then close, as a storage does when a disk read fails mid-reply);
+- tracker: ``"no_storage"`` (the tracker is up but no storage is ACTIVE: errno 2);
+- ``stop()`` / ``start()`` for refused connections and recovery.
 
 Run it by itself: ``python -m tests.fdfs_emulator --dir /tmp/fdfs [--tracker-port 22122]
 [--storage-port 23000]``.
@@ -81,6 +87,7 @@ class _Server:
     host: str = "127.0.0.1"
     port: int = 0
     fault: str | None = None
+    delay: float = 0
     _server: asyncio.Server | None = None
     _clients: set[asyncio.StreamWriter] = field(default_factory=set)
     requests: int = 0
@@ -113,6 +120,12 @@ class _Server:
                 self.requests += 1
                 if self.fault == "stall":
                     await asyncio.sleep(3600)
+                if self.fault == "slow":
+                    await asyncio.sleep(self.delay)
+                if self.fault == "close_mid_header":
+                    writer.write(HEADER.pack(0, RESP, 0)[:5])
+                    await writer.drain()
+                    return
                 if cmd == QUIT:
                     return
                 await self.handle(cmd, pkg_len, reader, writer)
@@ -224,7 +237,7 @@ class Storage(_Server):
             sent = 0
             while sent < count:
                 chunk = file.read(min(CHUNK, count - sent))
-                if self.fault == "close_mid_reply" and sent + len(chunk) >= count // 2:
+                if self.fault == "eof_download" and sent + len(chunk) >= count // 2:
                     writer.write(chunk[: max(1, len(chunk) // 2)])
                     await writer.drain()
                     raise _Close  # the header promised more: a disk error after the header
@@ -252,7 +265,7 @@ class Storage(_Server):
                 await _reply(writer, errno.ENOENT)
                 return
             data = meta.read_bytes()
-            if self.fault == "close_mid_reply":
+            if self.fault == "eof_metadata":
                 writer.write(HEADER.pack(len(data) + 1000, RESP, 0) + data)
                 await writer.drain()
                 raise _Close

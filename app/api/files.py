@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -17,11 +18,12 @@ from app.api.http import content_disposition, http_date, not_modified, parse_ran
 from app.api.multipart import FormStream
 from app.api.schemas import Deleted, FileAttach, FileInfo
 from app.storage.base import ByteRange, ObjectStream
-from app.storage.errors import InvalidArgument
+from app.storage.errors import InvalidArgument, StorageError
 from app.storage.fusion import FileService, StoredFile, content_type_for
 from app.storage.validation import check_file_name
 
 router = APIRouter(prefix="/files", tags=["files"])
+log = logging.getLogger(__name__)
 
 FORM_FIELDS = ("folder", "bucket", "metadata")
 FORM_OVERHEAD = 256 * 1024
@@ -51,15 +53,23 @@ def _form_body(file_field: str, many: bool) -> dict[str, Any]:
 
 
 class ObjectStreamResponse(StreamingResponse):
-    """Streams a backend object and always releases it, even if the client goes away first."""
+    """Streams a backend object and always releases it, even if the client goes away first.
 
-    def __init__(self, stream: ObjectStream, **kwargs: Any) -> None:
+    A backend failure after the headers went out cannot change the status any more: the response
+    is left incomplete, so the server drops the connection and the client sees a failed transfer
+    (never a short body that looks whole).
+    """
+
+    def __init__(self, stream: ObjectStream, file_id: str, **kwargs: Any) -> None:
         super().__init__(stream, **kwargs)
         self._object_stream = stream
+        self._file_id = file_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except StorageError as exc:
+            log.warning("download of %s aborted mid-stream: %s", self._file_id, exc.detail)
         finally:
             await self._object_stream.aclose()
 
@@ -236,7 +246,9 @@ async def _serve(
     if not with_body or info.size == 0:
         return Response(status_code=status, headers=headers, media_type=media_type)
     stream = await files.open(stored.file_id, byte_range)
-    return ObjectStreamResponse(stream, status_code=status, headers=headers, media_type=media_type)
+    return ObjectStreamResponse(
+        stream, str(stored.file_id), status_code=status, headers=headers, media_type=media_type
+    )
 
 
 InlineQuery = Annotated[
