@@ -16,6 +16,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.conftest import s3_admin, unique_bucket
+from tests.fdfs_emulator import FastDFS
 from tests.servers import SeaweedFS, Service
 
 MiB = 1024 * 1024
@@ -222,3 +223,42 @@ def test_failure_after_the_first_byte_aborts_the_download(
     assert download.wait(timeout=60) != 0  # curl: transfer closed with data outstanding
     assert out.stat().st_size < len(data)
     assert curl_json(f"{local_service.url}/healthz") == {"status": "ok"}
+
+
+@pytest.mark.parametrize("path", ["/files/upload/cut.bin", "/files/upload"])
+def test_disconnect_mid_upload_leaves_nothing_on_fastdfs(
+    fastdfs: FastDFS, tmp_path: Path, path: str
+) -> None:
+    """Streamed (raw PUT with a length) and spooled (form) uploads alike."""
+    service = Service(
+        {"STORAGE_MODE": "fastdfs", "FASTDFS_TRACKER_SERVERS": fastdfs.tracker_address}
+    )
+    service.start(tmp_path)
+    try:
+        if path.endswith("cut.bin"):
+            _send_partial_upload(service.url, path, 50 * MiB, 20 * MiB)
+        else:
+            _send_partial_form(service.url, path, 50 * MiB, 20 * MiB)
+        time.sleep(1)
+        assert _eventually(lambda: fastdfs.stored_files() == [])
+        assert curl_json(f"{service.url}/healthz") == {"status": "ok"}
+    finally:
+        service.stop()
+
+
+def _send_partial_form(url: str, path: str, declared: int, sent: int) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    head = (
+        b'--XX\r\nContent-Disposition: form-data; name="file"; filename="cut.bin"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {declared}\r\n"
+            "Content-Type: multipart/form-data; boundary=XX\r\n\r\n".encode()
+            + head
+        )
+        block = os.urandom(MiB)
+        for _ in range(sent // MiB):
+            sock.sendall(block)
+        time.sleep(0.5)
