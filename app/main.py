@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from app.api import errors
 from app.api.files import router as files_router
 from app.api.ops import router as ops_router
+from app.api.zip import router as zip_router
 from app.runtime import keep_large_buffers_out_of_the_heap
 from app.settings import Settings
 from app.storage.fastdfs import FastDFSBackend
@@ -21,6 +22,7 @@ from app.storage.ids import BackendName
 from app.storage.local import LocalBackend
 from app.storage.s3 import S3Backend
 from app.storage.validation import UploadPolicy
+from app.storage.zip import ZipLimits
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -30,6 +32,7 @@ class State(TypedDict):
     """What every request sees as ``request.state``."""
 
     files: FileService
+    zip_limits: ZipLimits
 
 
 def _s3_config(settings: Settings) -> AioConfig:
@@ -130,7 +133,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 whitelist=frozenset(settings.file_whitelist),
                 blacklist=frozenset(settings.file_blacklist),
             )
-            yield {"files": FileService(targets, UPLOADS_GO_TO[settings.storage_mode], policy)}
+            yield {
+                "files": FileService(targets, UPLOADS_GO_TO[settings.storage_mode], policy),
+                "zip_limits": ZipLimits(
+                    max_entries=settings.zip_max_entries,
+                    max_total_size=int(settings.zip_max_total_size),
+                ),
+            }
 
     app = FastAPI(
         title="filegate",
@@ -139,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.include_router(zip_router)
     app.include_router(files_router)
     app.include_router(ops_router)
     errors.document_validation_as_400(app)

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     fastdfs_download_enabled: bool = True
     fastdfs_delete_enabled: bool = True
 
+    zip_max_entries: int = Field(default=1000, gt=0)
+    zip_max_total_size: ByteSize = ByteSize(0)
+
     max_file_size: ByteSize = ByteSize(0)
     file_whitelist: CommaList = Field(default_factory=list)
     file_blacklist: CommaList = Field(default_factory=list)

@@ -1,11 +1,13 @@
 """Peak memory of filegate while it moves one large file: local disk, SeaweedFS, FastDFS.
 
-    uv run python -m bench.memory [--size-mib 1024]
+    uv run python -m bench.memory [--size-mib 1024] [--zip-files 100 --zip-mib 20]
 
 Starts SeaweedFS, the FastDFS emulator (in this process) and filegate (as real processes, on
 loopback), uploads a file of random bytes
 with ``curl -T`` and ``curl -F``, downloads it with ``curl``, and prints the service's peak RSS
 (VmHWM, reset between phases through /proc/<pid>/clear_refs) and the throughput of each phase.
+Then it zips ``--zip-files`` files of ``--zip-mib`` MiB in one request, next to downloading the
+same files one after another.
 """
 
 from __future__ import annotations
@@ -53,9 +55,39 @@ def _measure(service: Service, source: Path, size: int) -> list[tuple[str, float
     return [(label, size / MiB / seconds, peak) for label, seconds, peak in rows]
 
 
+def _measure_zip(
+    service: Service, work: Path, count: int, mib: int
+) -> list[tuple[str, float, float]]:
+    part = work / "part.bin"
+    with part.open("wb") as file:
+        for _ in range(mib):
+            file.write(os.urandom(MiB))
+    ids = []
+    for i in range(count):
+        _, body = _curl("-T", str(part), f"{service.url}/files/upload/part{i}.bin")
+        ids.append(json.loads(body)["file_id"])
+    total = count * mib
+    _reset_peak(service)
+    start = time.perf_counter()
+    for file_id in ids:
+        _curl("-o", "/dev/null", f"{service.url}/files/{quote(file_id)}/download")
+    one_by_one = time.perf_counter() - start
+    rows = [(f"{count} downloads one by one", total / one_by_one, service.peak_rss_kib() / 1024)]
+    _reset_peak(service)
+    request = json.dumps([{"file_id": i} for i in ids])
+    seconds, _ = _curl(
+        "-H", "Content-Type: application/json", "--data-binary", request,
+        "-o", "/dev/null", f"{service.url}/files/download-zip",
+    )  # fmt: skip
+    rows.append((f"zip of {count} x {mib} MiB", total / seconds, service.peak_rss_kib() / 1024))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--zip-files", type=int, default=100)
+    parser.add_argument("--zip-mib", type=int, default=20)
     args = parser.parse_args()
     size = args.size_mib * MiB
     with tempfile.TemporaryDirectory(prefix="filegate-bench-") as tmp:
@@ -93,6 +125,10 @@ def main() -> None:
                     idle = service.peak_rss_kib() / 1024
                     print(f"| {name} | idle after start | | {idle:.0f} |")
                     for label, rate, peak in _measure(service, source, size):
+                        print(f"| {name} | {label} | {rate:.0f} | {peak:.0f} |")
+                    for label, rate, peak in _measure_zip(
+                        service, work, args.zip_files, args.zip_mib
+                    ):
                         print(f"| {name} | {label} | {rate:.0f} | {peak:.0f} |")
                 finally:
                     service.stop()

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.storage.fusion import FileService
+from app.storage.zip import ZipLimits
 
 
 def get_files(request: Request) -> FileService:
@@ -16,3 +17,12 @@ def get_files(request: Request) -> FileService:
 
 
 FilesDep = Annotated[FileService, Depends(get_files)]
+
+
+def get_zip_limits(request: Request) -> ZipLimits:
+    """The operator's limits on one zip request."""
+    limits: ZipLimits = request.state.zip_limits
+    return limits
+
+
+ZipLimitsDep = Annotated[ZipLimits, Depends(get_zip_limits)]

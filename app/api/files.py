@@ -10,15 +10,15 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from app.api.deps import FilesDep
 from app.api.errors import error_responses
 from app.api.http import content_disposition, http_date, not_modified, parse_range, range_applies
 from app.api.multipart import FormStream
+from app.api.responses import ObjectStreamResponse
 from app.api.schemas import Deleted, FileAttach, FileInfo
-from app.storage.base import ByteRange, ObjectStream
-from app.storage.errors import InvalidArgument, StorageError
+from app.storage.base import ByteRange
+from app.storage.errors import InvalidArgument
 from app.storage.fusion import FileService, StoredFile, content_type_for
 from app.storage.validation import check_file_name
 
@@ -50,28 +50,6 @@ def _form_body(file_field: str, many: bool) -> dict[str, Any]:
             },
         }
     }
-
-
-class ObjectStreamResponse(StreamingResponse):
-    """Streams a backend object and always releases it, even if the client goes away first.
-
-    A backend failure after the headers went out cannot change the status any more: the response
-    is left incomplete, so the server drops the connection and the client sees a failed transfer
-    (never a short body that looks whole).
-    """
-
-    def __init__(self, stream: ObjectStream, file_id: str, **kwargs: Any) -> None:
-        super().__init__(stream, **kwargs)
-        self._object_stream = stream
-        self._file_id = file_id
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except StorageError as exc:
-            log.warning("download of %s aborted mid-stream: %s", self._file_id, exc.detail)
-        finally:
-            await self._object_stream.aclose()
 
 
 def _created(stored: list[StoredFile], many: bool) -> JSONResponse:
@@ -243,9 +221,9 @@ async def _serve(
         headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{info.size}"
     status = 206 if byte_range else 200
     media_type = content_type_for(name, info.content_type)
-    if not with_body or info.size == 0:
+    if not with_body:
         return Response(status_code=status, headers=headers, media_type=media_type)
-    stream = await files.open(stored.file_id, byte_range)
+    stream = await files.open(stored, byte_range)
     return ObjectStreamResponse(
         stream, str(stored.file_id), status_code=status, headers=headers, media_type=media_type
     )

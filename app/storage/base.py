@@ -52,6 +52,9 @@ class ObjectInfo:
     content_type: str | None = None
     storage_class: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    crc32: int | None = None
+    """The content's CRC-32 when the backend knows it without reading the content (zip entries
+    can then be stored as they are, in one pass)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,17 @@ class ObjectStream(Protocol):
 
     async def aclose(self) -> None:
         """Release the file handle or connection; safe to call more than once."""
+
+
+class EmptyStream:
+    """The bytes of an empty file, which some backends (FastDFS) refuse to serve themselves."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        return
+        yield b""
+
+    async def aclose(self) -> None:
+        return None
 
 
 class Backend(Protocol):

@@ -241,8 +241,10 @@ class FastDFSStream:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            if self._first:
-                yield self._first
+            first, self._first = self._first, b""
+            if first:
+                yield first
+            del first
             while True:
                 try:
                     chunk = await anext(self._rest)
@@ -256,15 +258,6 @@ class FastDFSStream:
 
     async def aclose(self) -> None:
         await self._stack.aclose()
-
-
-class _EmptyStream:
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        return
-        yield b""
-
-    async def aclose(self) -> None:
-        return None
 
 
 class FastDFSBackend:
@@ -347,6 +340,7 @@ class FastDFSBackend:
             file_name=obj.file_name,
             content_type=obj.content_type,
             metadata=obj.metadata,
+            crc32=reader.crc32,
         )
 
     async def head(self, ref: ObjectRef) -> ObjectInfo:
@@ -369,13 +363,10 @@ class FastDFSBackend:
             file_name=records.get(NAME_KEY),
             content_type=records.get(TYPE_KEY),
             metadata={k: v for k, v in records.items() if not k.startswith(_INTERNAL_KEYS)},
+            crc32=crc,
         )
 
-    async def open(
-        self, ref: ObjectRef, byte_range: ByteRange | None = None
-    ) -> FastDFSStream | _EmptyStream:
-        if byte_range is not None and byte_range.length == 0:
-            return _EmptyStream()
+    async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> FastDFSStream:
         stack = AsyncExitStack()
         try:
             async with self._within_deadline():

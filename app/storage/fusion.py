@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 import anyio
 
-from app.storage.base import Backend, ByteRange, NewObject, ObjectInfo, ObjectRef, ObjectStream
+from app.storage.base import (
+    Backend,
+    ByteRange,
+    EmptyStream,
+    NewObject,
+    ObjectInfo,
+    ObjectRef,
+    ObjectStream,
+)
 from app.storage.errors import (
     BucketNotAllowed,
     DeleteNotSupported,
@@ -88,9 +96,12 @@ class FileService:
         file_id, backend = self.resolve(raw_id)
         return StoredFile(file_id, await _with_id(backend.head(file_id.ref), raw_id))
 
-    async def open(self, file_id: FileId, byte_range: ByteRange | None) -> ObjectStream:
-        backend = self._targets[file_id.backend].backend
-        return await _with_id(backend.open(file_id.ref, byte_range), str(file_id))
+    async def open(self, stored: StoredFile, byte_range: ByteRange | None) -> ObjectStream:
+        """Start reading a file found by ``info``; an empty file is served without the backend."""
+        if stored.info.size == 0:
+            return EmptyStream()
+        backend = self._targets[stored.file_id.backend].backend
+        return await _with_id(backend.open(stored.file_id.ref, byte_range), str(stored.file_id))
 
     async def delete(self, raw_id: str) -> FileId:
         file_id, backend = self.resolve(raw_id, deleting=True)

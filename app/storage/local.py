@@ -16,6 +16,7 @@ import json
 import os
 import stat
 import tempfile
+import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,7 +109,7 @@ class LocalBackend:
             file, temp = await _run(self._create_temp, path.parent)
         except OSError as exc:
             raise _translate(exc) from exc
-        md5 = hashlib.md5(usedforsecurity=False)
+        digest = _Digest()
         pending: list[bytes] = []
         pending_size = 0
         try:
@@ -116,15 +117,15 @@ class LocalBackend:
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= WRITE_BATCH:
-                    await _run(_write, file, pending, md5)
+                    await _run(_write, file, pending, digest)
                     pending, pending_size = [], 0
-            await _run(_write, file, pending, md5)
-            etag = f'"{md5.hexdigest()}"'
+            await _run(_write, file, pending, digest)
             record = {
                 "file_name": obj.file_name,
                 "content_type": obj.content_type,
                 "metadata": dict(obj.metadata),
-                "etag": etag,
+                "etag": f'"{digest.md5.hexdigest()}"',
+                "crc32": digest.crc32,
             }
             return await _run(self._commit, file, temp, path, meta_path, record, obj.ref)
         except OSError as exc:
@@ -164,6 +165,7 @@ class LocalBackend:
             file_name=record["file_name"],
             content_type=record["content_type"],
             metadata=record["metadata"],
+            crc32=record["crc32"],
         )
 
     async def head(self, ref: ObjectRef) -> ObjectInfo:
@@ -189,6 +191,7 @@ class LocalBackend:
             file_name=record.get("file_name"),
             content_type=record.get("content_type"),
             metadata=record.get("metadata") or {},
+            crc32=record.get("crc32"),
         )
 
     async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> LocalStream:
@@ -211,10 +214,22 @@ class LocalBackend:
                 target.unlink()
 
 
-def _write(file: IO[bytes], chunks: list[bytes], md5: Any) -> None:
+class _Digest:
+    """MD5 for the ETag and CRC-32 for zip entries, computed as the bytes are written."""
+
+    def __init__(self) -> None:
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.crc32 = 0
+
+    def update(self, chunk: bytes) -> None:
+        self.md5.update(chunk)
+        self.crc32 = zlib.crc32(chunk, self.crc32)
+
+
+def _write(file: IO[bytes], chunks: list[bytes], digest: _Digest) -> None:
     for chunk in chunks:
         file.write(chunk)
-        md5.update(chunk)
+        digest.update(chunk)
 
 
 def _discard(file: IO[bytes], temp: str) -> None:

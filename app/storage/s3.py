@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import re
+import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -41,6 +42,8 @@ PART_SIZE = 8 * 1024 * 1024
 PARTS_IN_FLIGHT = 2
 READ_CHUNK = 256 * 1024
 NAME_KEY = "filegate-name"
+CRC_KEY = "filegate-crc32"
+"""Known for single-part uploads only: a multipart upload's metadata is sent before its bytes."""
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchBucket"}
 _UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError", "503", "500"}
@@ -170,7 +173,10 @@ class S3Backend:
             "ContentType": obj.content_type,
             "Metadata": _encode_metadata(obj),
         }
+        crc32: int | None = None
         if len(first) < self._part_size:  # the whole body fitted in one part
+            crc32 = await anyio.to_thread.run_sync(zlib.crc32, first)
+            extra["Metadata"][CRC_KEY] = f"{crc32:08x}"
             with translate_errors(writing=True):
                 answer = await self._write.put_object(
                     Bucket=obj.ref.bucket, Key=obj.ref.key, Body=bytes(first), **extra
@@ -189,6 +195,7 @@ class S3Backend:
             content_type=obj.content_type,
             storage_class="STANDARD",
             metadata=obj.metadata,
+            crc32=crc32,
         )
 
     async def _multipart(
@@ -284,8 +291,11 @@ def _encode_metadata(obj: NewObject) -> dict[str, str]:
 
 def _info(ref: ObjectRef, answer: Any, size: int) -> ObjectInfo:
     raw: dict[str, str] = answer.get("Metadata") or {}
-    metadata = {k: decode_metadata_value(v) for k, v in raw.items() if k != NAME_KEY}
+    metadata = {
+        k: decode_metadata_value(v) for k, v in raw.items() if not k.startswith("filegate-")
+    }
     name = decode_metadata_value(raw[NAME_KEY]) if NAME_KEY in raw else None
+    crc = raw.get(CRC_KEY, "")
     last_modified: datetime = answer["LastModified"].astimezone(UTC)
     return ObjectInfo(
         ref=ref,
@@ -296,6 +306,7 @@ def _info(ref: ObjectRef, answer: Any, size: int) -> ObjectInfo:
         content_type=answer.get("ContentType"),
         storage_class=answer.get("StorageClass") or "STANDARD",
         metadata=metadata,
+        crc32=int(crc, 16) if re.fullmatch(r"[0-9a-f]{8}", crc) else None,
     )
 
 

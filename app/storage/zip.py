@@ -1,0 +1,234 @@
+"""Many files as one zip, streamed in constant memory with stream-zip.
+
+Everything that can fail is settled before the first byte (``plan``): ids, permissions, existence
+of every file (checked concurrently), limits and entry names. ``ZipStream`` then writes the
+archive while the next entries' backend streams are already opening, and closes every stream it
+opened however the response ends.
+
+Entries are stored as they are (method STORE) when the backend knows the file's CRC-32 without
+reading it (local disk, FastDFS, S3 single-part uploads); STORE needs the CRC before the data, so
+other files are written as deflate at level 0, which keeps their bytes uncompressed in stored
+deflate blocks. ``compression="deflate"`` deflates every entry. stream-zip runs in a worker
+thread, so compression never blocks the event loop. Zip64 is used for an entry, the archive's
+offsets or its entry count exactly when they need it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import posixpath
+import re
+import stat
+import unicodedata
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import stream_zip
+from stream_zip import ZIP_AUTO, Method, ZipError, async_stream_zip
+
+from app.storage.base import ObjectStream
+from app.storage.errors import FileNotFound, FileTooLarge, InvalidArgument, StorageError
+from app.storage.fusion import FileService, StoredFile
+
+Compression = Literal["stored", "deflate"]
+HEAD_CONCURRENCY = 16
+PREFETCH = 2
+"""Entries whose backend stream is opened ahead of the one being written."""
+OUTPUT_CHUNK = 1024 * 1024
+ENTRY_MODE = stat.S_IFREG | 0o644
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_ZIP32_LIMIT = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class ZipRequest:
+    file_id: str
+    file_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ZipEntry:
+    name: str
+    file: StoredFile
+
+
+@dataclass(frozen=True, slots=True)
+class ZipLimits:
+    max_entries: int = 1000
+    max_total_size: int = 0
+    """Bytes; 0 means no limit."""
+
+
+class _Stored(Method):
+    """STORE with the size and CRC known up front; zip64 only where this entry needs it.
+
+    stream-zip's public ``NO_COMPRESSION_32/64(size, crc)`` never upgrade the central directory,
+    so an archive with more than 65,535 entries or past 4 GiB would fail; this picks the variant
+    at the entry's real offset, as stream-zip's own ``ZIP_AUTO`` does for deflate.
+    """
+
+    def __init__(self, size: int, crc32: int) -> None:
+        self._size = size
+        self._crc32 = crc32
+
+    def _get(self, offset: int, default_get_compressobj: Callable[[], Any]) -> tuple[Any, ...]:
+        big = self._size >= _ZIP32_LIMIT or offset >= _ZIP32_LIMIT
+        variant = stream_zip._NO_COMPRESSION_STREAMED_32
+        if big:
+            variant = stream_zip._NO_COMPRESSION_STREAMED_64
+        return (
+            variant,
+            stream_zip._AUTO_UPGRADE_CENTRAL_DIRECTORY,
+            default_get_compressobj,
+            self._size,
+            self._crc32,
+        )
+
+
+def safe_name(requested: str, fallback: str) -> str:
+    """A relative entry name: no absolute path, drive letter, ``..``, backslash or control
+    character; ``fallback`` if nothing is left."""
+    name = _DRIVE.sub("", requested.replace("\\", "/"))
+    segments = [
+        "".join(c for c in segment if unicodedata.category(c) != "Cc").strip()
+        for segment in name.split("/")
+    ]
+    kept = [s for s in segments if s not in ("", ".", "..")]
+    return "/".join(kept) or fallback
+
+
+class _UniqueNames:
+    """``a.pdf``, ``a (1).pdf``, ``a (2).pdf``... compared without regard to case."""
+
+    def __init__(self) -> None:
+        self._taken: set[str] = set()
+
+    def claim(self, name: str) -> str:
+        candidate, number = name, 0
+        folder, leaf = posixpath.split(name)
+        stem, ext = os.path.splitext(leaf)
+        while candidate.casefold() in self._taken:
+            number += 1
+            candidate = posixpath.join(folder, f"{stem} ({number}){ext}")
+        self._taken.add(candidate.casefold())
+        return candidate
+
+
+async def plan(
+    files: FileService, requests: Sequence[ZipRequest], limits: ZipLimits
+) -> list[ZipEntry]:
+    """Check every requested file before anything is sent; name the entries."""
+    if not requests:
+        raise InvalidArgument("The list of files is empty.")
+    if len(requests) > limits.max_entries:
+        raise FileTooLarge(f"A zip holds at most {limits.max_entries} files.")
+    for request in requests:
+        files.resolve(request.file_id)  # malformed ids (400) and forbidden routes (403) first
+    slots = asyncio.Semaphore(HEAD_CONCURRENCY)
+
+    async def head(request: ZipRequest) -> StoredFile | None:
+        async with slots:
+            try:
+                return await files.info(request.file_id)
+            except FileNotFound:
+                return None
+
+    found = await asyncio.gather(*(head(request) for request in requests))
+    missing = [r.file_id for r, f in zip(requests, found, strict=True) if f is None]
+    if missing:
+        raise FileNotFound(f"{len(missing)} of the files do not exist.", file_ids=missing)
+    stored = [f for f in found if f is not None]
+    total = sum(f.info.size for f in stored)
+    if 0 < limits.max_total_size < total:
+        raise FileTooLarge(f"The files add up to more than {limits.max_total_size} bytes.")
+    names = _UniqueNames()
+    entries = []
+    for request, item in zip(requests, stored, strict=True):
+        last_segment = item.file_id.ref.key.rsplit("/", 1)[-1]
+        wanted = request.file_name or item.info.file_name or last_segment
+        entries.append(ZipEntry(names.claim(safe_name(wanted, last_segment)), item))
+    return entries
+
+
+class ZipStream:
+    """The archive's bytes; ``aclose()`` releases every backend stream it opened."""
+
+    def __init__(
+        self, files: FileService, entries: list[ZipEntry], compression: Compression
+    ) -> None:
+        self._files = files
+        self._entries = entries
+        self._compression = compression
+        self._opening: deque[asyncio.Task[ObjectStream]] = deque()
+        self._open_streams: list[ObjectStream] = []
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return aiter(
+            async_stream_zip(
+                self._members(), chunk_size=OUTPUT_CHUNK, get_compressobj=self._compressobj
+            )
+        )
+
+    @staticmethod
+    def _compressobj() -> Any:
+        return zlib.compressobj(level=6, wbits=-zlib.MAX_WBITS)
+
+    def _method(self, entry: ZipEntry) -> Method:
+        info = entry.file.info
+        if self._compression == "deflate":
+            return ZIP_AUTO(info.size, level=6)
+        if info.crc32 is not None:
+            return _Stored(info.size, info.crc32)
+        return ZIP_AUTO(info.size, level=0)
+
+    def _open(self, entry: ZipEntry) -> asyncio.Task[ObjectStream]:
+        return asyncio.ensure_future(self._files.open(entry.file, None))
+
+    async def _members(self) -> AsyncIterator[tuple[str, Any, int, Method, AsyncIterator[bytes]]]:
+        upcoming = iter(self._entries)
+        for entry in self._entries[:PREFETCH]:
+            self._opening.append(self._open(entry))
+            next(upcoming)
+        for entry in self._entries:
+            stream = await self._opening.popleft()
+            self._open_streams.append(stream)
+            following = next(upcoming, None)
+            if following is not None:
+                self._opening.append(self._open(following))
+            info = entry.file.info
+            yield (
+                entry.name,
+                info.last_modified,
+                ENTRY_MODE,
+                self._method(entry),
+                self._read(stream),
+            )
+
+    async def _read(self, stream: ObjectStream) -> AsyncIterator[bytes]:
+        """An entry's bytes; its stream is released as soon as they are all written."""
+        async for chunk in stream:
+            yield chunk
+        self._open_streams.remove(stream)
+        await stream.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._opening:
+            task.cancel()
+        for task in self._opening:
+            with contextlib.suppress(asyncio.CancelledError, StorageError):
+                self._open_streams.append(await task)
+        for stream in self._open_streams:
+            await stream.aclose()
+
+
+ABORTING_ERRORS = (StorageError, ZipError)
+"""Failures after the first byte: the response can only be aborted."""
