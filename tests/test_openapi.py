@@ -17,6 +17,7 @@ OPERATIONS = {
     ("get", "/files/{file_id}/download"): "download_file",
     ("delete", "/files/{file_id}"): "delete_file",
     ("get", "/files/{file_id}/info"): "get_file_info",
+    ("post", "/files/download-zip"): "download_zip",
 }
 
 
@@ -51,6 +52,7 @@ def test_every_error_response_is_declared_with_its_schema(spec: dict[str, Any]) 
         "download_file": {"400", "403", "404", "416", "500", "503"},
         "get_file_info": {"400", "403", "404", "500", "503"},
         "delete_file": {"400", "403", "500", "503"},
+        "download_zip": {"400", "403", "404", "413", "500", "503"},
     }
     for item in spec["paths"].values():
         for op in item.values():

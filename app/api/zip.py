@@ -23,6 +23,7 @@ class ZipItem(BaseModel):
 @router.post(
     "/download-zip",
     operation_id="download_zip",
+    status_code=200,
     response_class=ObjectStreamResponse,
     responses={
         200: {
