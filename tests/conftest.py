@@ -21,7 +21,7 @@ from asgi_lifespan import LifespanManager
 from app.main import create_app
 from app.settings import Settings
 from tests.fdfs_emulator import FastDFS
-from tests.servers import ADMIN, READER, WRITER, SeaweedFS
+from tests.servers import ADMIN, READER, WRITER, SeaweedFS, Service
 
 
 @pytest.fixture(scope="session")
@@ -137,6 +137,26 @@ def fastdfs(tmp_path: Path) -> Iterator[FastDFS]:
     emulator.serve_in_thread()
     yield emulator
     emulator.shutdown()
+
+
+@pytest.fixture
+def fastdfs_service(fastdfs: FastDFS, tmp_path: Path) -> Iterator[Service]:
+    """filegate as a process in fastdfs mode, in front of this test's emulator."""
+    service = Service(
+        {"STORAGE_MODE": "fastdfs", "FASTDFS_TRACKER_SERVERS": fastdfs.tracker_address}
+    )
+    service.start(tmp_path)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def local_service(tmp_path: Path) -> Iterator[Service]:
+    """filegate as a process in local mode, storing under ``tmp_path / "data"``."""
+    service = Service({"LOCAL_ROOT": str(tmp_path / "data")})
+    service.start(tmp_path)
+    yield service
+    service.stop()
 
 
 @pytest.fixture(params=["local", "s3", "fastdfs", "hybrid"])

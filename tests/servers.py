@@ -190,6 +190,16 @@ class Service:
         log.close()
         _wait_http(f"{self.url}/healthz", 30, self.process)
 
+    def upload(self, path: Path, name: str) -> str:
+        """``curl -T`` a file; returns its id."""
+        done = subprocess.run(
+            ["curl", "-sS", "-f", "-T", str(path), f"{self.url}/files/upload/{name}"],
+            capture_output=True,
+            check=True,
+        )
+        file_id: str = json.loads(done.stdout)["file_id"]
+        return file_id
+
     def peak_rss_kib(self) -> int:
         assert self.process is not None
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

@@ -38,14 +38,6 @@ def stored_files(root: Path) -> list[str]:
 
 
 @pytest.fixture
-def local_service(tmp_path: Path) -> Iterator[Service]:
-    service = Service({"LOCAL_ROOT": str(tmp_path / "data")})
-    service.start(tmp_path)
-    yield service
-    service.stop()
-
-
-@pytest.fixture
 async def s3_service(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[Service, str]]:
     bucket = unique_bucket()
     async with s3_admin(seaweed.endpoint) as s3:
@@ -227,23 +219,16 @@ def test_failure_after_the_first_byte_aborts_the_download(
 
 @pytest.mark.parametrize("path", ["/files/upload/cut.bin", "/files/upload"])
 def test_disconnect_mid_upload_leaves_nothing_on_fastdfs(
-    fastdfs: FastDFS, tmp_path: Path, path: str
+    fastdfs: FastDFS, fastdfs_service: Service, path: str
 ) -> None:
     """Streamed (raw PUT with a length) and spooled (form) uploads alike."""
-    service = Service(
-        {"STORAGE_MODE": "fastdfs", "FASTDFS_TRACKER_SERVERS": fastdfs.tracker_address}
-    )
-    service.start(tmp_path)
-    try:
-        if path.endswith("cut.bin"):
-            _send_partial_upload(service.url, path, 50 * MiB, 20 * MiB)
-        else:
-            _send_partial_form(service.url, path, 50 * MiB, 20 * MiB)
-        time.sleep(1)
-        assert _eventually(lambda: fastdfs.stored_files() == [])
-        assert curl_json(f"{service.url}/healthz") == {"status": "ok"}
-    finally:
-        service.stop()
+    if path.endswith("cut.bin"):
+        _send_partial_upload(fastdfs_service.url, path, 50 * MiB, 20 * MiB)
+    else:
+        _send_partial_form(fastdfs_service.url, path, 50 * MiB, 20 * MiB)
+    time.sleep(1)
+    assert _eventually(lambda: fastdfs.stored_files() == [])
+    assert curl_json(f"{fastdfs_service.url}/healthz") == {"status": "ok"}
 
 
 def _send_partial_form(url: str, path: str, declared: int, sent: int) -> None:

@@ -220,34 +220,23 @@ async def test_every_connection_failure_is_503_within_the_deadline(
 
 
 def test_eof_mid_download_fails_the_transfer_without_freezing_the_loop(
-    fastdfs: FastDFS, tmp_path: Path
+    fastdfs: FastDFS, fastdfs_service: Service, tmp_path: Path
 ) -> None:
     """aiofdfs alone spins forever on this EOF with the event loop blocked (its bug 6)."""
-    service = Service(
-        {"STORAGE_MODE": "fastdfs", "FASTDFS_TRACKER_SERVERS": fastdfs.tracker_address}
-    )
-    service.start(tmp_path)
-    try:
-        source = tmp_path / "a.bin"
-        source.write_bytes(os.urandom(4 * MiB))
-        done = subprocess.run(
-            ["curl", "-sS", "-f", "-T", str(source), f"{service.url}/files/upload/a.bin"],
-            capture_output=True, check=True,
-        )  # fmt: skip
-        file_id = done.stdout.decode().split('"file_id":"')[1].split('"')[0]
-        url = f"{service.url}/files/{file_id}/download"
-        fastdfs.storage.fault = "eof_download"
-        started = time.monotonic()
-        cut = subprocess.run(["curl", "-sS", "-o", str(tmp_path / "out"), url], timeout=30)
-        assert cut.returncode != 0  # a failed transfer, not a short file that looks complete
-        assert time.monotonic() - started < 10
-        health = subprocess.run(["curl", "-sS", "-f", f"{service.url}/healthz"], timeout=10)
-        assert health.returncode == 0  # the event loop is alive
-        fastdfs.storage.fault = None
-        whole = subprocess.run(["curl", "-sS", "-f", url], capture_output=True, timeout=30)
-        assert whole.stdout == source.read_bytes()
-    finally:
-        service.stop()
+    service = fastdfs_service
+    source = tmp_path / "a.bin"
+    source.write_bytes(os.urandom(4 * MiB))
+    url = f"{service.url}/files/{service.upload(source, 'a.bin')}/download"
+    fastdfs.storage.fault = "eof_download"
+    started = time.monotonic()
+    cut = subprocess.run(["curl", "-sS", "-o", str(tmp_path / "out"), url], timeout=30)
+    assert cut.returncode != 0  # a failed transfer, not a short file that looks complete
+    assert time.monotonic() - started < 10
+    health = subprocess.run(["curl", "-sS", "-f", f"{service.url}/healthz"], timeout=10)
+    assert health.returncode == 0  # the event loop is alive
+    fastdfs.storage.fault = None
+    whole = subprocess.run(["curl", "-sS", "-f", url], capture_output=True, timeout=30)
+    assert whole.stdout == source.read_bytes()
 
 
 async def test_tracker_connection_is_not_reused_after_a_timeout(fastdfs: FastDFS) -> None:

@@ -184,30 +184,13 @@ def _zip_request(url: str, items: list[dict[str, str]]) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.fixture
-def local_process(tmp_path: Path) -> Any:
-    service = Service({"LOCAL_ROOT": str(tmp_path / "data")})
-    service.start(tmp_path)
-    yield service
-    service.stop()
-
-
-def _upload(service: Service, path: Path, name: str) -> str:
-    done = subprocess.run(
-        ["curl", "-sS", "-f", "-T", str(path), f"{service.url}/files/upload/{name}"],
-        capture_output=True, check=True,
-    )  # fmt: skip
-    file_id: str = json.loads(done.stdout)["file_id"]
-    return file_id
-
-
-def test_backend_failure_mid_zip_fails_the_transfer(local_process: Service, tmp_path: Path) -> None:
+def test_backend_failure_mid_zip_fails_the_transfer(local_service: Service, tmp_path: Path) -> None:
     source = tmp_path / "src.bin"
     source.write_bytes(os.urandom(40 * MiB))
-    ids = [_upload(local_process, source, f"f{i}.bin") for i in range(2)]
+    ids = [local_service.upload(source, f"f{i}.bin") for i in range(2)]
     out = tmp_path / "out.zip"
     curl = subprocess.Popen(
-        [*_zip_request(local_process.url, [{"file_id": i} for i in ids]),
+        [*_zip_request(local_service.url, [{"file_id": i} for i in ids]),
          "--limit-rate", "8M", "-o", str(out)],
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -216,7 +199,7 @@ def test_backend_failure_mid_zip_fails_the_transfer(local_process: Service, tmp_
     assert curl.wait(timeout=120) != 0  # a failed transfer ...
     broken = subprocess.run(["unzip", "-t", str(out)], capture_output=True)
     assert broken.returncode != 0  # ... never a short archive that tests as complete
-    subprocess.run(["curl", "-sS", "-f", f"{local_process.url}/healthz"], check=True)
+    subprocess.run(["curl", "-sS", "-f", f"{local_service.url}/healthz"], check=True)
 
 
 def _open_data_files(service: Service, root: Path) -> list[str]:
@@ -233,69 +216,51 @@ def _open_data_files(service: Service, root: Path) -> list[str]:
     return found
 
 
+@pytest.mark.parametrize("mode", ["local", "fastdfs"])
 def test_client_disconnect_mid_zip_closes_backend_streams(
-    local_process: Service, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, mode: str
 ) -> None:
+    """Open file handles (local) and storage connections (FastDFS) go when the client does."""
+    service: Service = request.getfixturevalue(f"{mode}_service")
+    if mode == "local":
+
+        def still_open() -> bool:
+            return bool(_open_data_files(service, tmp_path / "data"))
+    else:
+        emulator: FastDFS = request.getfixturevalue("fastdfs")
+
+        def still_open() -> bool:
+            return bool(emulator.storage._clients)
+
     source = tmp_path / "src.bin"
     source.write_bytes(os.urandom(20 * MiB))
-    ids = [_upload(local_process, source, f"f{i}.bin") for i in range(6)]
+    ids = [service.upload(source, f"f{i}.bin") for i in range(6)]
     body = json.dumps([{"file_id": i} for i in ids]).encode()
-    host, port = local_process.url.removeprefix("http://").split(":")
+    host, port = service.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(
-            f"POST /files/download-zip HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            f"POST /files/download-zip HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
         received = 0
         while received < 5 * MiB:
             received += len(sock.recv(65536))
-        assert _open_data_files(local_process, tmp_path / "data")  # entries are open now
+        assert still_open()  # entries are being read now
     deadline = time.monotonic() + 10
-    while _open_data_files(local_process, tmp_path / "data") and time.monotonic() < deadline:
+    while still_open() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _open_data_files(local_process, tmp_path / "data") == []
-
-
-def test_client_disconnect_mid_zip_closes_fastdfs_connections(
-    fastdfs: FastDFS, tmp_path: Path
-) -> None:
-    service = Service(
-        {"STORAGE_MODE": "fastdfs", "FASTDFS_TRACKER_SERVERS": fastdfs.tracker_address}
-    )
-    service.start(tmp_path)
-    try:
-        source = tmp_path / "src.bin"
-        source.write_bytes(os.urandom(20 * MiB))
-        ids = [_upload(service, source, f"f{i}.bin") for i in range(6)]
-        body = json.dumps([{"file_id": i} for i in ids]).encode()
-        host, port = service.url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(
-                f"POST /files/download-zip HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n".encode()
-                + body
-            )
-            received = 0
-            while received < 5 * MiB:
-                received += len(sock.recv(65536))
-            assert fastdfs.storage._clients  # downloads are in flight
-        deadline = time.monotonic() + 10
-        while fastdfs.storage._clients and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not fastdfs.storage._clients
-    finally:
-        service.stop()
+    assert not still_open()
 
 
 @pytest.mark.slow
-def test_zip64_archive_over_4_gib(local_process: Service, tmp_path: Path) -> None:
+def test_zip64_archive_over_4_gib(local_service: Service, tmp_path: Path) -> None:
     """A 4.2 GiB sparse file (zip64 entry) followed by a small one (zip64 offset)."""
     size = 4 * 1024 * MiB + 200 * MiB
     small = tmp_path / "small.txt"
     small.write_bytes(b"after the big one")
-    big_id = _upload(local_process, small, "big.bin")  # then made big and sparse on disk
-    small_id = _upload(local_process, small, "small.txt")
+    big_id = local_service.upload(small, "big.bin")  # then made big and sparse on disk
+    small_id = local_service.upload(small, "small.txt")
     big_path = tmp_path / "data" / big_id.removeprefix("local:")
     with big_path.open("r+b") as file:
         file.truncate(0)
@@ -312,7 +277,7 @@ def test_zip64_archive_over_4_gib(local_process: Service, tmp_path: Path) -> Non
 
     out = tmp_path / "big.zip"
     done = subprocess.run(
-        [*_zip_request(local_process.url, [{"file_id": big_id}, {"file_id": small_id}]),
+        [*_zip_request(local_service.url, [{"file_id": big_id}, {"file_id": small_id}]),
          "-f", "-o", str(out)],
         timeout=600,
     )  # fmt: skip

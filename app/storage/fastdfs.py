@@ -19,12 +19,13 @@ the stored file is an ordinary one (CRC32 in its name, usable by every FastDFS c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import struct
 import tempfile
 import zlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import IO, Any, Literal, cast
 
@@ -92,14 +93,13 @@ class _Connection(AsyncConnection):
         return data
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            await self._owner.give_back(self)
-        else:  # a reply may still be in flight: this connection is out of step for good
-            await self.disconnect()
+        # After a failure a reply may still be in flight: this connection is out of step for good.
+        await self._owner.give_back(self, reusable=exc_type is None)
 
 
 class _Pool:
-    """The few methods of aiofdfs's pool its clients call; reuses only clean connections."""
+    """The few methods of aiofdfs's pool its clients call; reuses only clean connections, and
+    ``close_all`` also drops the ones in use (a stream closed mid-read stops there)."""
 
     def __init__(
         self, hosts: list[str], connect_timeout: float, network_timeout: float, keep: int
@@ -109,26 +109,31 @@ class _Pool:
         self.network_timeout = network_timeout
         self._keep = keep
         self._idle: list[_Connection] = []
+        self._lent: set[_Connection] = set()
 
     async def get_connection(self) -> _Connection:
         while self._idle:
             connection = self._idle.pop()
             if await connection.is_connected():
+                self._lent.add(connection)
                 return connection
             await connection.disconnect()
         connection = _Connection(self.hosts, self)
         await connection.connect()
+        self._lent.add(connection)
         return connection
 
-    async def give_back(self, connection: _Connection) -> None:
-        if len(self._idle) < self._keep and await connection.is_connected():
+    async def give_back(self, connection: _Connection, *, reusable: bool) -> None:
+        self._lent.discard(connection)
+        if reusable and len(self._idle) < self._keep and await connection.is_connected():
             self._idle.append(connection)
         else:
             await connection.disconnect()
 
     async def close_all(self) -> None:
-        idle, self._idle = self._idle, []
-        for connection in idle:
+        connections = [*self._idle, *self._lent]
+        self._idle, self._lent = [], set()
+        for connection in connections:
             await connection.disconnect()
 
 
@@ -138,11 +143,9 @@ class _StorageClient(Async_Storage_Client):
     def __init__(self, server: Storage_server, pool: _Pool) -> None:
         ip = cast(bytes, server.ip_addr)
         address = f"{ip.decode()}:{server.port}"
+        self.connections = _Pool([address], pool.connect_timeout, pool.network_timeout, keep=0)
         # Duck-typed: aiofdfs only calls get_connection() and close_all() on its pool.
-        self.pool = cast(
-            AsyncConnectionPool,
-            _Pool([address], pool.connect_timeout, pool.network_timeout, keep=0),
-        )
+        self.pool = cast(AsyncConnectionPool, self.connections)
 
 
 def _errno(exc: DataError) -> int | None:
@@ -234,10 +237,11 @@ def _metadata(obj: NewObject) -> dict[str, str]:
 class FastDFSStream:
     """A download in progress: the storage connection lives until the stream is closed."""
 
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], stack: AsyncExitStack) -> None:
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes], storage: _StorageClient) -> None:
         self._first = first
         self._rest = rest
-        self._stack = stack
+        self._storage = storage
+        self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -257,7 +261,15 @@ class FastDFSStream:
             await self.aclose()
 
     async def aclose(self) -> None:
-        await self._stack.aclose()
+        """Drop the storage connection first: a read in flight in another task then fails at
+        once instead of going on."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._storage.connections.close_all()
+        if isinstance(self._rest, AsyncGenerator):
+            with contextlib.suppress(RuntimeError):  # "already running": it stops on the socket
+                await self._rest.aclose()
 
 
 class FastDFSBackend:
@@ -367,20 +379,20 @@ class FastDFSBackend:
         )
 
     async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> FastDFSStream:
-        stack = AsyncExitStack()
-        try:
-            async with self._within_deadline():
-                server = await self._locate(ref, update=False)
-                storage = await stack.enter_async_context(self._storage(server))
-                offset, count = (byte_range.start, byte_range.length) if byte_range else (0, 0)
-                chunks = storage.storage_download_to_generator(server, offset, count, ref.key)
-                stack.push_async_callback(chunks.aclose)
+        async with self._within_deadline():
+            server = await self._locate(ref, update=False)
+            storage = self._storage(server)
+            offset, count = (byte_range.start, byte_range.length) if byte_range else (0, 0)
+            stream = FastDFSStream(
+                b"", storage.storage_download_to_generator(server, offset, count, ref.key), storage
+            )
+            try:
                 # The first chunk proves the file is there before any response byte is sent.
-                first = await self._step("storage", anext(chunks, b""))
-        except BaseException:
-            await stack.aclose()
-            raise
-        return FastDFSStream(first, chunks, stack)
+                stream._first = await self._step("storage", anext(stream._rest, b""))
+            except BaseException:
+                await stream.aclose()
+                raise
+        return stream
 
     async def delete(self, ref: ObjectRef) -> None:
         async with self._within_deadline():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import posixpath
 import re
@@ -41,6 +42,7 @@ PREFETCH = 2
 """Entries whose backend stream is opened ahead of the one being written."""
 OUTPUT_CHUNK = 1024 * 1024
 ENTRY_MODE = stat.S_IFREG | 0o644
+log = logging.getLogger(__name__)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _ZIP32_LIMIT = 0xFFFFFFFF
 
@@ -188,7 +190,17 @@ class ZipStream:
         return ZIP_AUTO(info.size, level=0)
 
     def _open(self, entry: ZipEntry) -> asyncio.Task[ObjectStream]:
-        return asyncio.ensure_future(self._files.open(entry.file, None))
+        return asyncio.ensure_future(self._open_registered(entry))
+
+    async def _open_registered(self, entry: ZipEntry) -> ObjectStream:
+        """Open an entry's stream where ``aclose`` will find it. Once the zip is closed (the
+        stream-zip worker may still ask for the next entry), whatever opens is closed at once."""
+        stream = await self._files.open(entry.file, None)
+        if self._closed:
+            await stream.aclose()
+            raise StorageError("The zip was abandoned.")
+        self._open_streams.append(stream)
+        return stream
 
     async def _members(self) -> AsyncIterator[tuple[str, Any, int, Method, AsyncIterator[bytes]]]:
         upcoming = iter(self._entries)
@@ -196,8 +208,9 @@ class ZipStream:
             self._opening.append(self._open(entry))
             next(upcoming)
         for entry in self._entries:
+            if self._closed:
+                return
             stream = await self._opening.popleft()
-            self._open_streams.append(stream)
             following = next(upcoming, None)
             if following is not None:
                 self._opening.append(self._open(following))
@@ -214,20 +227,25 @@ class ZipStream:
         """An entry's bytes; its stream is released as soon as they are all written."""
         async for chunk in stream:
             yield chunk
-        self._open_streams.remove(stream)
+        if stream in self._open_streams:
+            self._open_streams.remove(stream)
         await stream.aclose()
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for task in self._opening:
+        opening, self._opening = list(self._opening), deque()
+        for task in opening:
             task.cancel()
-        for task in self._opening:
+        for task in opening:
             with contextlib.suppress(asyncio.CancelledError, StorageError):
-                self._open_streams.append(await task)
-        for stream in self._open_streams:
-            await stream.aclose()
+                await task
+        for stream in list(self._open_streams):
+            try:
+                await stream.aclose()
+            except (StorageError, OSError) as exc:  # close the others all the same
+                log.warning("closing a zip entry's stream failed: %s", exc)
 
 
 ABORTING_ERRORS = (StorageError, ZipError)
