@@ -12,8 +12,10 @@ from fastapi import FastAPI
 
 from app.api import errors
 from app.api.files import router as files_router
+from app.api.middleware import RequestMiddleware
 from app.api.ops import router as ops_router
 from app.api.zip import router as zip_router
+from app.metrics import Metrics
 from app.runtime import keep_large_buffers_out_of_the_heap
 from app.settings import Settings
 from app.storage.fastdfs import FastDFSBackend
@@ -76,7 +78,7 @@ async def _open_s3(settings: Settings, stack: AsyncExitStack) -> S3Backend:
         read = await client(
             settings.s3_read_access_key_id, reveal(settings.s3_read_secret_access_key)
         )
-    backend = S3Backend(write, read)
+    backend = S3Backend(write, read, probe_bucket=settings.s3_default_bucket)
     if settings.s3_create_bucket:
         await backend.ensure_bucket(settings.s3_default_bucket, settings.s3_region)
     return backend
@@ -147,6 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Upload, download, zip, delete and inspect files on local disk, S3 or FastDFS.",
         lifespan=lifespan,
     )
+    app.state.metrics = Metrics()
+    app.add_middleware(RequestMiddleware, metrics=app.state.metrics)
     errors.install(app)
     app.include_router(zip_router)
     app.include_router(files_router)

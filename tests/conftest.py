@@ -32,6 +32,15 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     server.stop()
 
 
+@pytest.fixture
+def private_seaweed(tmp_path: Path) -> Iterator[SeaweedFS]:
+    """A SeaweedFS of this test's own, to stop and start."""
+    server = SeaweedFS(tmp_path / "private-seaweedfs")
+    server.start()
+    yield server
+    server.stop()
+
+
 def unique_bucket() -> str:
     return f"t-{secrets.token_hex(6)}"
 

@@ -181,7 +181,7 @@ class Service:
         self.log_path = workdir / f"filegate-{self.port}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
-            [command, "--port", str(self.port), "--log-level", "warning", *extra_args],
+            [command, "--port", str(self.port), "--log-level", "info", *extra_args],
             cwd=workdir,
             env=env,
             stdout=log,

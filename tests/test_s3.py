@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -79,14 +77,6 @@ async def test_file_in_a_missing_allowed_bucket_is_404(seaweed: SeaweedFS, bucke
         response = await client.get(f"/files/s3:{missing}/0123456789abcdef_a.txt/info")
         assert response.status_code == 404
         assert response.json()["code"] == "file_not_found"
-
-
-@pytest.fixture
-def private_seaweed(tmp_path: Path) -> Iterator[SeaweedFS]:
-    server = SeaweedFS(tmp_path / "private-seaweedfs")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_s3_outage_is_503_and_the_service_recovers(private_seaweed: SeaweedFS) -> None:

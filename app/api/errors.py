@@ -45,11 +45,14 @@ def error_response(
 
 async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StorageError)
+    if exc.backend is not None:
+        request.app.state.metrics.backend_errors.labels(exc.backend, exc.code).inc()
     if exc.status_code >= 500:
         log.warning(
-            "%s %s failed: %s (%s)",
+            "%s %s failed on %s: %s (%s)",
             request.method,
             request.url.path,
+            exc.backend or "filegate",
             exc.code,
             exc.detail,
             exc_info=exc.__cause__ is not None and exc.status_code == 500,

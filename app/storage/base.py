@@ -106,3 +106,6 @@ class Backend(Protocol):
 
     async def delete(self, ref: ObjectRef) -> None:
         """Remove an object; a missing one is not an error."""
+
+    async def check(self) -> None:
+        """Raise ``StorageError`` unless the backend can serve now (for readiness)."""

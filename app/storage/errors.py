@@ -26,6 +26,8 @@ class StorageError(Exception):
         self.detail = detail
         self.file_id = file_id
         self.file_ids = file_ids
+        self.backend: str | None = None
+        """The backend whose operation failed, when one did (for metrics and logs)."""
 
     def headers(self) -> dict[str, str]:
         """Extra response headers that belong with this error."""

@@ -32,7 +32,7 @@ from typing import IO, Any, Literal, cast
 import anyio
 import anyio.to_thread
 from aiofdfs.async_connection import AsyncConnection, AsyncConnectionError, AsyncConnectionPool
-from aiofdfs.async_fdfs_protol import Storage_server
+from aiofdfs.async_fdfs_protol import Storage_server, Tracker_header
 from aiofdfs.async_storage_client import Async_Storage_Client
 from aiofdfs.async_tracker_client import Async_Tracker_Client
 from aiofdfs.exceptions import DataError, FDFSError
@@ -46,6 +46,7 @@ from app.storage.errors import (
 )
 from app.storage.validation import extension
 
+ACTIVE_TEST = 111
 NAME_KEY = "OriginFileName"
 """aiofdfs's own key for the original name, so files uploaded by earlier clients show theirs."""
 TYPE_KEY = "ContentType"
@@ -312,9 +313,18 @@ class FastDFSBackend:
         return server
 
     async def check(self) -> None:
-        """Ask a tracker for an upload target (proves a tracker and a storage are alive)."""
+        """ACTIVE_TEST against the first tracker that answers."""
         async with self._within_deadline():
-            await self._step("tracker", self._tracker.tracker_query_storage_stor_without_group())
+            await self._step("tracker", self._active_test())
+
+    async def _active_test(self) -> None:
+        async with await self._pool.get_connection() as connection:
+            header = Tracker_header()
+            header.cmd = ACTIVE_TEST
+            await header.send_header(connection)
+            await header.recv_header(connection)
+            if header.status != 0:
+                raise BackendUnavailable(f"FastDFS tracker answered errno {header.status}.")
 
     async def put(self, obj: NewObject, body: AsyncIterable[bytes]) -> ObjectInfo:
         records = _metadata(obj)

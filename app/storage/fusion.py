@@ -6,8 +6,10 @@ Routers call these services and nothing else of storage. They decide what a depl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import mimetypes
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from app.storage.base import (
 from app.storage.errors import (
     BucketNotAllowed,
     DeleteNotSupported,
+    FileTooLarge,
     InvalidArgument,
     RouteNotSupported,
     StorageError,
@@ -94,18 +97,19 @@ class FileService:
 
     async def info(self, raw_id: str) -> StoredFile:
         file_id, backend = self.resolve(raw_id)
-        return StoredFile(file_id, await _with_id(backend.head(file_id.ref), raw_id))
+        return StoredFile(file_id, await _with_id(backend.head(file_id.ref), raw_id, backend))
 
     async def open(self, stored: StoredFile, byte_range: ByteRange | None) -> ObjectStream:
         """Start reading a file found by ``info``; an empty file is served without the backend."""
         if stored.info.size == 0:
             return EmptyStream()
         backend = self._targets[stored.file_id.backend].backend
-        return await _with_id(backend.open(stored.file_id.ref, byte_range), str(stored.file_id))
+        ref = stored.file_id.ref
+        return await _with_id(backend.open(ref, byte_range), str(stored.file_id), backend)
 
     async def delete(self, raw_id: str) -> FileId:
         file_id, backend = self.resolve(raw_id, deleting=True)
-        await _with_id(backend.delete(file_id.ref), raw_id)
+        await _with_id(backend.delete(file_id.ref), raw_id, backend)
         return file_id
 
     def prepare_upload(
@@ -143,9 +147,26 @@ class FileService:
     ) -> StoredFile:
         """Stream ``body`` to the backend under the size limit; all of it or nothing."""
         backend = self._targets[file_id.backend].backend
-        info = await backend.put(new, self.policy.limit(body))
+        info = await _with_id(backend.put(new, self.policy.limit(body)), None, backend)
         # FastDFS names the file itself; the other backends store it where they were asked.
         return StoredFile(FileId(file_id.backend, info.ref), info)
+
+    async def readiness(self, seconds_each: float) -> dict[str, tuple[bool, float, str | None]]:
+        """Check every configured backend at once: name -> (ok, latency in ms, problem)."""
+
+        async def probe(backend: Backend) -> tuple[bool, float, str | None]:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(seconds_each):
+                    await backend.check()
+            except (StorageError, TimeoutError) as exc:
+                problem = exc.detail if isinstance(exc, StorageError) else "no answer in time"
+                return False, (time.perf_counter() - started) * 1000, problem
+            return True, (time.perf_counter() - started) * 1000, None
+
+        names = list(self._targets)
+        results = await asyncio.gather(*(probe(self._targets[n].backend) for n in names))
+        return dict(zip(names, results, strict=True))
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[list[StoredFile]]:
@@ -164,11 +185,13 @@ class FileService:
             raise
 
 
-async def _with_id[T](operation: Awaitable[T], raw_id: str) -> T:
-    """Await a backend call, naming the file id on any error it raises."""
+async def _with_id[T](operation: Awaitable[T], raw_id: str | None, backend: Backend) -> T:
+    """Await a backend call, naming the file id and the backend on any error it raises."""
     try:
         return await operation
     except StorageError as exc:
         if exc.file_id is None:
             exc.file_id = raw_id
+        if not isinstance(exc, FileTooLarge | InvalidArgument):  # the client's, not the backend's
+            exc.backend = backend.name
         raise

@@ -83,6 +83,12 @@ class LocalBackend:
         """Create the root and check that it is a writable directory."""
         await _run(self.check_writable)
 
+    async def check(self) -> None:
+        try:
+            await _run(self.check_writable)
+        except OSError as exc:
+            raise _translate(exc) from exc
+
     def check_writable(self) -> None:
         self._root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=self._root, prefix=TMP_PREFIX):

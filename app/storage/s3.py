@@ -142,9 +142,11 @@ class S3Backend:
         *,
         part_size: int = PART_SIZE,
         parts_in_flight: int = PARTS_IN_FLIGHT,
+        probe_bucket: str = "files",
     ) -> None:
         self._write = write_client
         self._read = read_client
+        self._probe_bucket = probe_bucket
         self._part_size = part_size
         self._parts_in_flight = parts_in_flight
 
@@ -281,6 +283,11 @@ class S3Backend:
     async def delete(self, ref: ObjectRef) -> None:
         with translate_errors(writing=True):
             await self._write.delete_object(Bucket=ref.bucket, Key=ref.key)
+
+    async def check(self) -> None:
+        """``head_bucket`` on the default bucket, with the read pair."""
+        with translate_errors():
+            await self._read.head_bucket(Bucket=self._probe_bucket)
 
 
 def _encode_metadata(obj: NewObject) -> dict[str, str]:
