@@ -43,13 +43,14 @@ async def test_healthz_and_readyz_local(tmp_path: Path) -> None:
         assert body["status"] == "ok"
         assert body["backends"]["local"]["ok"] is True
         assert body["backends"]["local"]["latency_ms"] >= 0
-        (tmp_path / "data").chmod(0o500)  # no longer writable
-        try:
-            if os.geteuid() != 0:  # root writes anywhere: the check cannot fail that way
-                down = await client.get("/readyz")
-                assert down.status_code == 503
-        finally:
-            (tmp_path / "data").chmod(0o700)
+        (tmp_path / "data").rename(tmp_path / "moved")
+        (tmp_path / "data").write_bytes(b"")  # the root is now a file: nothing can be stored
+        down = await client.get("/readyz")
+        assert down.status_code == 503
+        assert down.json()["backends"]["local"]["ok"] is False
+        (tmp_path / "data").unlink()
+        (tmp_path / "moved").rename(tmp_path / "data")
+        assert (await client.get("/readyz")).status_code == 200
 
 
 async def test_readiness_follows_s3_going_away_and_coming_back(
