@@ -361,6 +361,8 @@ async def test_declared_length_over_limit_is_refused_before_reading(storage: Sto
         ({"metadata": '{"Upper": "x"}'}, "ok.txt"),
         ({"metadata": '{"n": 1}'}, "ok.txt"),
         ({"metadata": '{"filegate-name": "x"}'}, "ok.txt"),
+        ({"metadata": json.dumps({f"k{i}": "v" for i in range(33)})}, "ok.txt"),
+        ({"metadata": json.dumps({"big": "x" * 1100})}, "ok.txt"),
     ],
 )
 async def test_unsafe_input_is_400_and_stores_nothing(
