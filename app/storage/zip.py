@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import stream_zip
-from stream_zip import ZIP_AUTO, Method, ZipError, async_stream_zip
+from stream_zip import ZIP_AUTO, Method, async_stream_zip
 
 from app.storage.base import ObjectStream
 from app.storage.errors import FileNotFound, FileTooLarge, InvalidArgument, StorageError
@@ -246,7 +246,3 @@ class ZipStream:
                 await stream.aclose()
             except (StorageError, OSError) as exc:  # close the others all the same
                 log.warning("closing a zip entry's stream failed: %s", exc)
-
-
-ABORTING_ERRORS = (StorageError, ZipError)
-"""Failures after the first byte: the response can only be aborted."""
