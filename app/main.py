@@ -98,7 +98,7 @@ async def _open_targets(settings: Settings, stack: AsyncExitStack) -> dict[Backe
     targets: dict[BackendName, Target] = {}
     if mode == "local":
         local = LocalBackend(settings.local_root)
-        await local.start()
+        await local.check()
         targets["local"] = Target(local, frozenset({settings.local_bucket}), settings.local_bucket)
     if mode in ("s3", "hybrid"):
         s3 = await _open_s3(settings, stack)

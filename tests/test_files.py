@@ -10,6 +10,7 @@ import zlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from email.utils import format_datetime, parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -498,3 +499,23 @@ async def test_unknown_route_and_method_are_json(client: httpx.AsyncClient) -> N
     assert_error(await client.get("/files/upload"), 405, "method_not_allowed")
     bad_query = await client.get("/files/local:files/abc_x/download", params={"inline": "maybe"})
     assert_error(bad_query, 400, "invalid_argument")
+
+
+async def test_symlinks_cannot_lead_out_of_the_local_root(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not yours")
+    from app.settings import Settings
+
+    async with serve(Settings(_env_file=None, local_root=tmp_path / "data")) as client:
+        await uploaded(client, "a.txt", b"a")  # creates the bucket directory
+        (tmp_path / "data" / "files" / "link").symlink_to(outside)
+        for response in (
+            await client.get("/files/local:files/link/secret.txt/download"),
+            await client.get("/files/local:files/link/secret.txt/info"),
+            await client.delete("/files/local:files/link/secret.txt"),
+            await client.put("/files/upload/x.txt", params={"folder": "link"}, content=b"x"),
+        ):
+            assert_error(response, 400, "invalid_argument")
+    assert (outside / "secret.txt").read_text() == "not yours"
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]

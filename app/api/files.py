@@ -200,7 +200,7 @@ async def _serve(
 ) -> Response:
     stored = await files.info(file_id)
     info = stored.info
-    name = check_file_name(filename) if filename else FileInfo.of(stored).file_name
+    name = check_file_name(filename) if filename else stored.name
     headers = {
         "ETag": info.etag,
         "Last-Modified": http_date(info),

@@ -61,7 +61,7 @@ class FileInfo(BaseModel):
         info = stored.info
         return cls(
             file_id=str(stored.file_id),
-            file_name=info.file_name or stored.file_id.ref.key.rsplit("/", 1)[-1],
+            file_name=stored.name,
             file_size=info.size,
             content_type=info.content_type or "application/octet-stream",
             last_modify_time=info.last_modified,

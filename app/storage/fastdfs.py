@@ -38,6 +38,7 @@ from aiofdfs.async_tracker_client import Async_Tracker_Client
 from aiofdfs.exceptions import DataError, FDFSError
 
 from app.storage.base import ByteRange, NewObject, ObjectInfo, ObjectRef
+from app.storage.diskio import write_in_batches
 from app.storage.errors import (
     BackendUnavailable,
     FileNotFound,
@@ -54,9 +55,12 @@ _INTERNAL_KEYS = ("Origin", TYPE_KEY)
 MAX_META_NAME = 64
 MAX_META_VALUE = 256
 SPOOL_CHUNK = 1024 * 1024
+"""Read size when a spooled body is sent on to the storage."""
 _ERRNO = re.compile(r"Error:\s*(\d+)")
 _FDFS_EXT = re.compile(r"[A-Za-z0-9_-]{1,6}")
-_UNREACHABLE = (AsyncConnectionError, OSError, struct.error, TimeoutError, EOFError)
+AIOFDFS_ERRORS = (FDFSError, AsyncConnectionError, OSError, struct.error, TimeoutError, EOFError)
+"""Everything aiofdfs raises: its own errors, a connection error type outside that hierarchy,
+builtin socket errors, and struct.error from a short header."""
 
 Stage = Literal["tracker", "storage"]
 
@@ -154,10 +158,8 @@ def _errno(exc: DataError) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def translate(exc: BaseException, stage: Stage) -> StorageError:
-    """Map what aiofdfs raised, and at which stage, to the project's errors."""
-    if isinstance(exc, StorageError):
-        return exc
+def translate(exc: Exception, stage: Stage) -> StorageError:
+    """Map what aiofdfs raised (one of ``AIOFDFS_ERRORS``), and at which stage, to ours."""
     if isinstance(exc, DataError):
         code = _errno(exc)
         if code == 2 and stage == "storage":
@@ -169,9 +171,7 @@ def translate(exc: BaseException, stage: Stage) -> StorageError:
         if code is None:  # aiofdfs wraps socket errors met while streaming as DataError
             return BackendUnavailable("FastDFS connection failed; try again later.")
         return StorageError(f"FastDFS refused the request (errno {code}).")
-    if isinstance(exc, (*_UNREACHABLE, FDFSError)):
-        return BackendUnavailable("FastDFS is unreachable; try again later.")
-    raise exc
+    return BackendUnavailable("FastDFS is unreachable; try again later.")
 
 
 class _BodyReader:
@@ -193,20 +193,6 @@ class _BodyReader:
         self._left -= len(chunk)
         self.crc32 = zlib.crc32(chunk, self.crc32)
         return chunk
-
-
-async def _spool(body: AsyncIterable[bytes], file: IO[bytes]) -> int:
-    size = 0
-    pending: list[bytes] = []
-    async for chunk in body:
-        pending.append(chunk)
-        size += len(chunk)
-        if sum(map(len, pending)) >= SPOOL_CHUNK:
-            await anyio.to_thread.run_sync(file.writelines, pending)
-            pending = []
-    await anyio.to_thread.run_sync(file.writelines, pending)
-    await anyio.to_thread.run_sync(file.flush)
-    return size
 
 
 async def _file_chunks(file: IO[bytes]) -> AsyncIterator[bytes]:
@@ -255,7 +241,7 @@ class FastDFSStream:
                     chunk = await anext(self._rest)
                 except StopAsyncIteration:
                     return
-                except Exception as exc:
+                except AIOFDFS_ERRORS as exc:
                     raise translate(exc, "storage") from exc
                 yield chunk
         finally:
@@ -297,7 +283,7 @@ class FastDFSBackend:
     async def _step[T](self, stage: Stage, operation: Awaitable[T]) -> T:
         try:
             return await operation
-        except Exception as exc:
+        except AIOFDFS_ERRORS as exc:
             raise translate(exc, stage) from exc
 
     def _storage(self, server: Storage_server) -> _StorageClient:
@@ -331,7 +317,8 @@ class FastDFSBackend:
         if obj.size is not None:
             return await self._upload(obj, records, aiter(body), obj.size)
         with tempfile.TemporaryFile(prefix="filegate-spool-") as spool:
-            size = await _spool(body, spool)
+            size = await write_in_batches(body, spool)
+            await anyio.to_thread.run_sync(spool.flush)
             return await self._upload(obj, records, _file_chunks(spool), size)
 
     async def _upload(

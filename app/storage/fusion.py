@@ -57,6 +57,11 @@ class StoredFile:
     file_id: FileId
     info: ObjectInfo
 
+    @property
+    def name(self) -> str:
+        """The original name as uploaded, else the last segment of the key."""
+        return self.info.file_name or self.file_id.ref.key.rsplit("/", 1)[-1]
+
 
 def content_type_for(name: str, given: str | None) -> str:
     """The client's content type, else one guessed from the name, else a generic one."""
@@ -97,7 +102,7 @@ class FileService:
 
     async def info(self, raw_id: str) -> StoredFile:
         file_id, backend = self.resolve(raw_id)
-        return StoredFile(file_id, await _with_id(backend.head(file_id.ref), raw_id, backend))
+        return StoredFile(file_id, await _attributed(backend.head(file_id.ref), raw_id, backend))
 
     async def open(self, stored: StoredFile, byte_range: ByteRange | None) -> ObjectStream:
         """Start reading a file found by ``info``; an empty file is served without the backend."""
@@ -105,11 +110,11 @@ class FileService:
             return EmptyStream()
         backend = self._targets[stored.file_id.backend].backend
         ref = stored.file_id.ref
-        return await _with_id(backend.open(ref, byte_range), str(stored.file_id), backend)
+        return await _attributed(backend.open(ref, byte_range), str(stored.file_id), backend)
 
     async def delete(self, raw_id: str) -> FileId:
         file_id, backend = self.resolve(raw_id, deleting=True)
-        await _with_id(backend.delete(file_id.ref), raw_id, backend)
+        await _attributed(backend.delete(file_id.ref), raw_id, backend)
         return file_id
 
     def prepare_upload(
@@ -147,7 +152,7 @@ class FileService:
     ) -> StoredFile:
         """Stream ``body`` to the backend under the size limit; all of it or nothing."""
         backend = self._targets[file_id.backend].backend
-        info = await _with_id(backend.put(new, self.policy.limit(body)), None, backend)
+        info = await _attributed(backend.put(new, self.policy.limit(body)), None, backend)
         # FastDFS names the file itself; the other backends store it where they were asked.
         return StoredFile(FileId(file_id.backend, info.ref), info)
 
@@ -185,7 +190,7 @@ class FileService:
             raise
 
 
-async def _with_id[T](operation: Awaitable[T], raw_id: str | None, backend: Backend) -> T:
+async def _attributed[T](operation: Awaitable[T], raw_id: str | None, backend: Backend) -> T:
     """Await a backend call, naming the file id and the backend on any error it raises."""
     try:
         return await operation

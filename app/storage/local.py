@@ -26,12 +26,12 @@ import anyio
 import anyio.to_thread
 
 from app.storage.base import ByteRange, NewObject, ObjectInfo, ObjectRef
+from app.storage.diskio import write_in_batches
 from app.storage.errors import FileNotFound, InvalidArgument, StorageError
 
 TMP_PREFIX = ".filegate-tmp-"
 META_DIR = ".filegate-meta"
 READ_CHUNK = 256 * 1024
-WRITE_BATCH = 1024 * 1024
 
 
 async def _run[T](func: Callable[..., T], *args: Any) -> T:
@@ -79,11 +79,8 @@ class LocalBackend:
     def __init__(self, root: Path) -> None:
         self._root = root.resolve()
 
-    async def start(self) -> None:
-        """Create the root and check that it is a writable directory."""
-        await _run(self.check_writable)
-
     async def check(self) -> None:
+        """Create the root if needed and check that it is a writable directory."""
         try:
             await _run(self.check_writable)
         except OSError as exc:
@@ -95,15 +92,13 @@ class LocalBackend:
             pass
 
     def _path(self, ref: ObjectRef) -> Path:
+        """The file's path, built lexically; ``_confine`` checks symlinks inside a worker thread."""
         segments = ref.key.split("/")
         if ref.bucket.startswith(".") or any(s in ("", ".", "..") or "\0" in s for s in segments):
             raise InvalidArgument("Malformed key.")
         if segments[-1].startswith(TMP_PREFIX):
             raise FileNotFound("No such file.")
-        path = self._root.joinpath(ref.bucket, *segments)
-        if not os.path.realpath(path).startswith(f"{self._root}{os.sep}"):
-            raise InvalidArgument("The key leads outside the storage root.")
-        return path
+        return self._root.joinpath(ref.bucket, *segments)
 
     def _meta_path(self, ref: ObjectRef) -> Path:
         return self._root.joinpath(META_DIR, ref.bucket, f"{ref.key}.json")
@@ -112,20 +107,12 @@ class LocalBackend:
         path = self._path(obj.ref)
         meta_path = self._meta_path(obj.ref)
         try:
-            file, temp = await _run(self._create_temp, path.parent)
+            file, temp = await _run(self._create_temp, path)
         except OSError as exc:
             raise _translate(exc) from exc
         digest = _Digest()
-        pending: list[bytes] = []
-        pending_size = 0
         try:
-            async for chunk in body:
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= WRITE_BATCH:
-                    await _run(_write, file, pending, digest)
-                    pending, pending_size = [], 0
-            await _run(_write, file, pending, digest)
+            await write_in_batches(body, file, digest.update)
             record = {
                 "file_name": obj.file_name,
                 "content_type": obj.content_type,
@@ -140,8 +127,8 @@ class LocalBackend:
             with anyio.CancelScope(shield=True):
                 await _run(_discard, file, temp)
 
-    @staticmethod
-    def _create_temp(directory: Path) -> tuple[IO[bytes], str]:
+    def _create_temp(self, path: Path) -> tuple[IO[bytes], str]:
+        directory = _confine(self._root, path).parent
         directory.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX)
         return open(fd, "wb"), temp
@@ -182,7 +169,7 @@ class LocalBackend:
             raise _translate(exc) from exc
 
     def _head(self, path: Path, ref: ObjectRef) -> ObjectInfo:
-        st = path.stat()
+        st = _confine(self._root, path).stat()
         if not stat.S_ISREG(st.st_mode):
             raise FileNotFound("No such file.")
         try:
@@ -203,7 +190,7 @@ class LocalBackend:
     async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> LocalStream:
         path = self._path(ref)
         try:
-            return await _run(_open_span, path, byte_range)
+            return await _run(_open_span, self._root, path, byte_range)
         except OSError as exc:
             raise _translate(exc) from exc
 
@@ -215,7 +202,7 @@ class LocalBackend:
             raise _translate(exc) from exc
 
     def _delete(self, path: Path, ref: ObjectRef) -> None:
-        for target in (path, self._meta_path(ref)):
+        for target in (_confine(self._root, path), self._meta_path(ref)):
             with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 target.unlink()
 
@@ -230,12 +217,6 @@ class _Digest:
     def update(self, chunk: bytes) -> None:
         self.md5.update(chunk)
         self.crc32 = zlib.crc32(chunk, self.crc32)
-
-
-def _write(file: IO[bytes], chunks: list[bytes], digest: _Digest) -> None:
-    for chunk in chunks:
-        file.write(chunk)
-        digest.update(chunk)
 
 
 def _discard(file: IO[bytes], temp: str) -> None:
@@ -269,8 +250,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _open_span(path: Path, byte_range: ByteRange | None) -> LocalStream:
-    file = open(path, "rb")  # noqa: SIM115 - owned by the returned stream
+def _confine(root: Path, path: Path) -> Path:
+    """Refuse a path that a symlink inside the root leads out of it (blocking: call in a thread)."""
+    if not os.path.realpath(path).startswith(f"{root}{os.sep}"):
+        raise InvalidArgument("The key leads outside the storage root.")
+    return path
+
+
+def _open_span(root: Path, path: Path, byte_range: ByteRange | None) -> LocalStream:
+    file = open(_confine(root, path), "rb")  # noqa: SIM115 - owned by the returned stream
     try:
         st = os.fstat(file.fileno())
         if not stat.S_ISREG(st.st_mode):

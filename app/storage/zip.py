@@ -151,9 +151,9 @@ async def plan(
     names = _UniqueNames()
     entries = []
     for request, item in zip(requests, stored, strict=True):
-        last_segment = item.file_id.ref.key.rsplit("/", 1)[-1]
-        wanted = request.file_name or item.info.file_name or last_segment
-        entries.append(ZipEntry(names.claim(safe_name(wanted, last_segment)), item))
+        fallback = item.file_id.ref.key.rsplit("/", 1)[-1]
+        wanted = request.file_name or item.name
+        entries.append(ZipEntry(names.claim(safe_name(wanted, fallback)), item))
     return entries
 
 
