@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import s3_admin, unique_bucket
+from tests.conftest import created_bucket, s3_admin
 from tests.fdfs_emulator import FastDFS
 from tests.servers import SeaweedFS, Service
 
@@ -39,9 +39,7 @@ def stored_files(root: Path) -> list[str]:
 
 @pytest.fixture
 async def s3_service(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[Service, str]]:
-    bucket = unique_bucket()
-    async with s3_admin(seaweed.endpoint) as s3:
-        await s3.create_bucket(Bucket=bucket)
+    bucket = await created_bucket(seaweed.endpoint)
     service = Service(seaweed.service_env(bucket))
     service.start(tmp_path)
     yield service, bucket
@@ -129,6 +127,9 @@ def test_disconnect_mid_upload_leaves_nothing_on_disk(
     root = tmp_path / "data"
     assert _eventually(lambda: stored_files(root / "files") == [])
     assert stored_files(root / ".filegate-meta") == []
+    assert local_service.log_path is not None
+    assert _eventually(lambda: "client went away" in local_service.log_path.read_text())
+    assert "Traceback" not in local_service.log_path.read_text()  # not a crash
 
 
 async def test_disconnect_mid_upload_aborts_the_multipart_upload(

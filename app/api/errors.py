@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from app.api.schemas import ErrorBody
 from app.storage.errors import StorageError
@@ -77,6 +78,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    """The client left mid-request: the upload was already rolled back, no one reads this."""
+    log.info("%s %s: the client went away mid-request", request.method, request.url.path)
+    return error_response(400, ErrorBody(detail="The client disconnected.", code="client_gone"))
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     """A bug, not a storage condition: logged with its traceback, shown to the client as JSON
     without one. (Starlette re-raises it afterwards, so the server logs it too.)"""
@@ -113,4 +120,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StorageError, _storage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
