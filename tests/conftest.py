@@ -45,6 +45,19 @@ def unique_bucket() -> str:
     return f"t-{secrets.token_hex(6)}"
 
 
+async def created_bucket(endpoint: str) -> str:
+    """A new bucket of the test's own (tests never share hard-coded buckets)."""
+    name = unique_bucket()
+    async with s3_admin(endpoint) as s3:
+        await s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+async def bucket(seaweed: SeaweedFS) -> str:
+    return await created_bucket(seaweed.endpoint)
+
+
 @asynccontextmanager
 async def s3_admin(endpoint: str) -> AsyncIterator[Any]:
     """A direct S3 client with every permission: for arranging and inspecting, never for the
@@ -176,9 +189,7 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     if mode == "fastdfs":
         return Storage(mode, "fastdfs", "group1", fastdfs=request.getfixturevalue("fastdfs"))
     server: SeaweedFS = request.getfixturevalue("seaweed")
-    bucket = unique_bucket()
-    async with s3_admin(server.endpoint) as s3:
-        await s3.create_bucket(Bucket=bucket)
+    bucket = await created_bucket(server.endpoint)
     legacy = request.getfixturevalue("fastdfs") if mode == "hybrid" else None
     return Storage(mode, "s3", bucket, endpoint=server.endpoint, fastdfs=legacy)
 

@@ -19,7 +19,11 @@ from typing import Any
 import pytest
 from aiofdfs import Async_Fdfs_Client, FastDfsConf
 
-from tests.conftest import fastdfs_settings, s3_admin, s3_settings, serve, unique_bucket
+from tests.conftest import (
+    fastdfs_settings,
+    s3_settings,
+    serve,
+)
 from tests.fdfs_emulator import FastDFS
 from tests.servers import SeaweedFS, Service, free_port
 
@@ -45,14 +49,6 @@ def fdfs_only(fastdfs: FastDFS, **overrides: Any) -> Any:
     return Settings(_env_file=None, **values)
 
 
-@pytest.fixture
-async def hybrid_bucket(seaweed: SeaweedFS) -> str:
-    bucket = unique_bucket()
-    async with s3_admin(seaweed.endpoint) as s3:
-        await s3.create_bucket(Bucket=bucket)
-    return bucket
-
-
 def hybrid(seaweed: SeaweedFS, bucket: str, fastdfs: FastDFS, **overrides: Any) -> Any:
     return s3_settings(
         seaweed.endpoint, bucket, **fastdfs_settings(fastdfs, storage_mode="hybrid", **overrides)
@@ -60,13 +56,13 @@ def hybrid(seaweed: SeaweedFS, bucket: str, fastdfs: FastDFS, **overrides: Any) 
 
 
 async def test_hybrid_reads_legacy_fastdfs_and_new_s3_files(
-    seaweed: SeaweedFS, hybrid_bucket: str, fastdfs: FastDFS
+    seaweed: SeaweedFS, bucket: str, fastdfs: FastDFS
 ) -> None:
     legacy_data = os.urandom(300_000)
     legacy_id = await legacy_upload(fastdfs, legacy_data, "legacy contract.pdf")
-    async with serve(hybrid(seaweed, hybrid_bucket, fastdfs)) as client:
+    async with serve(hybrid(seaweed, bucket, fastdfs)) as client:
         new = (await client.post("/files/upload", files={"file": ("new.txt", b"new")})).json()
-        assert new["file_id"].startswith(f"s3:{hybrid_bucket}/")
+        assert new["file_id"].startswith(f"s3:{bucket}/")
 
         legacy = await client.get(f"/files/{legacy_id}/download")
         assert legacy.status_code == 200
@@ -88,10 +84,10 @@ async def test_hybrid_reads_legacy_fastdfs_and_new_s3_files(
 
 
 async def test_hybrid_switches_guard_legacy_files(
-    seaweed: SeaweedFS, hybrid_bucket: str, fastdfs: FastDFS
+    seaweed: SeaweedFS, bucket: str, fastdfs: FastDFS
 ) -> None:
     legacy_id = await legacy_upload(fastdfs, b"old", "old.txt")
-    no_reads = hybrid(seaweed, hybrid_bucket, fastdfs, fastdfs_download_enabled=False)
+    no_reads = hybrid(seaweed, bucket, fastdfs, fastdfs_download_enabled=False)
     async with serve(no_reads) as client:
         for response in (
             await client.get(f"/files/{legacy_id}/download"),
@@ -104,7 +100,7 @@ async def test_hybrid_switches_guard_legacy_files(
         s3_file = (await client.post("/files/upload", files={"file": ("a.txt", b"a")})).json()
         assert (await client.get(f"/files/{s3_file['file_id']}/download")).content == b"a"
 
-    no_deletes = hybrid(seaweed, hybrid_bucket, fastdfs, fastdfs_delete_enabled=False)
+    no_deletes = hybrid(seaweed, bucket, fastdfs, fastdfs_delete_enabled=False)
     async with serve(no_deletes) as client:
         refused = await client.delete(f"/files/{legacy_id}")
         assert refused.status_code == 403

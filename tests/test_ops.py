@@ -13,7 +13,13 @@ from pathlib import Path
 import httpx
 
 from app.settings import Settings
-from tests.conftest import fastdfs_settings, s3_admin, s3_settings, serve, unique_bucket
+from tests.conftest import (
+    created_bucket,
+    fastdfs_settings,
+    s3_settings,
+    serve,
+    unique_bucket,
+)
 from tests.fdfs_emulator import FastDFS
 from tests.servers import SeaweedFS, Service
 
@@ -56,9 +62,7 @@ async def test_healthz_and_readyz_local(tmp_path: Path) -> None:
 async def test_readiness_follows_s3_going_away_and_coming_back(
     private_seaweed: SeaweedFS,
 ) -> None:
-    bucket = unique_bucket()
-    async with s3_admin(private_seaweed.endpoint) as s3:
-        await s3.create_bucket(Bucket=bucket)
+    bucket = await created_bucket(private_seaweed.endpoint)
     async with serve(s3_settings(private_seaweed.endpoint, bucket)) as client:
         assert (await client.get("/readyz")).status_code == 200
         private_seaweed.stop()
@@ -76,9 +80,7 @@ async def test_readiness_follows_s3_going_away_and_coming_back(
 async def test_readiness_checks_the_fastdfs_tracker_in_hybrid_mode(
     seaweed: SeaweedFS, fastdfs: FastDFS
 ) -> None:
-    bucket = unique_bucket()
-    async with s3_admin(seaweed.endpoint) as s3:
-        await s3.create_bucket(Bucket=bucket)
+    bucket = await created_bucket(seaweed.endpoint)
     settings = s3_settings(
         seaweed.endpoint, bucket, **fastdfs_settings(fastdfs, storage_mode="hybrid")
     )
@@ -121,20 +123,23 @@ async def test_metrics_move_with_requests(tmp_path: Path) -> None:
 
 
 def test_metrics_add_up_across_workers(tmp_path: Path) -> None:
-    service = Service({"LOCAL_ROOT": str(tmp_path / "data")})
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    service = Service(
+        {"LOCAL_ROOT": str(tmp_path / "data"), "PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    )
     service.start(tmp_path, "--workers", "2")
     try:
-        for _ in range(20):
+        time.sleep(2)  # both workers up
+        for _ in range(40):  # a new connection each: the kernel spreads them over the workers
             httpx.get(f"{service.url}/healthz").raise_for_status()
         text = httpx.get(f"{service.url}/metrics").text
-        served = sample(
-            text, "filegate_requests_total", method="GET", route="/healthz", status="200"
-        )
-        # Every request counted, whichever worker served it (the start-up probe adds its own);
-        # one worker's own registry would show only its share.
-        assert served >= 20
     finally:
         service.stop()
+    writers = {p.stem.rsplit("_", 1)[-1] for p in shared.glob("counter_*.db")}
+    assert len(writers) == 2  # both workers counted requests ...
+    served = sample(text, "filegate_requests_total", method="GET", route="/healthz", status="200")
+    assert served == 41  # ... and one scrape adds them all up (40 + the start-up probe)
 
 
 def test_request_id_is_echoed_and_logged_as_json(tmp_path: Path) -> None:

@@ -5,20 +5,11 @@ from __future__ import annotations
 import os
 
 import httpx
-import pytest
 from asgi_lifespan import LifespanManager
 
 from app.main import create_app
-from tests.conftest import s3_admin, s3_settings, serve, unique_bucket
+from tests.conftest import created_bucket, s3_admin, s3_settings, serve, unique_bucket
 from tests.servers import ADMIN, READER, WRITER, SeaweedFS
-
-
-@pytest.fixture
-async def bucket(seaweed: SeaweedFS) -> str:
-    name = unique_bucket()
-    async with s3_admin(seaweed.endpoint) as s3:
-        await s3.create_bucket(Bucket=name)
-    return name
 
 
 async def test_reads_go_through_the_read_only_pair(seaweed: SeaweedFS, bucket: str) -> None:
@@ -80,9 +71,7 @@ async def test_file_in_a_missing_allowed_bucket_is_404(seaweed: SeaweedFS, bucke
 
 
 async def test_s3_outage_is_503_and_the_service_recovers(private_seaweed: SeaweedFS) -> None:
-    bucket = unique_bucket()
-    async with s3_admin(private_seaweed.endpoint) as s3:
-        await s3.create_bucket(Bucket=bucket)
+    bucket = await created_bucket(private_seaweed.endpoint)
     app = create_app(s3_settings(private_seaweed.endpoint, bucket))
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)

@@ -57,6 +57,7 @@ async def test_zip_contents_are_byte_equal(
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/zip"
     assert response.headers["content-disposition"] == 'attachment; filename="files.zip"'
+    assert response.headers["x-content-type-options"] == "nosniff"
     archive = check_archive(response.content, tmp_path)
     assert archive.namelist() == list(blobs)
     for name, data in blobs.items():
@@ -156,12 +157,10 @@ async def test_total_size_limit(storage: Storage) -> None:
 async def test_mixed_backends_in_hybrid_mode(
     fastdfs: FastDFS, seaweed: Any, tmp_path: Path
 ) -> None:
-    from tests.conftest import s3_admin, unique_bucket
+    from tests.conftest import created_bucket
     from tests.test_fastdfs import hybrid, legacy_upload
 
-    bucket = unique_bucket()
-    async with s3_admin(seaweed.endpoint) as s3:
-        await s3.create_bucket(Bucket=bucket)
+    bucket = await created_bucket(seaweed.endpoint)
     legacy_data = os.urandom(100_000)
     legacy_id = await legacy_upload(fastdfs, legacy_data, "old contract.pdf")
     async with serve(hybrid(seaweed, bucket, fastdfs)) as client:
