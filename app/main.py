@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -9,10 +10,13 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import aioboto3
 from aiobotocore.config import AioConfig
 from fastapi import FastAPI
+from pydantic import SecretStr
+from starlette.middleware.cors import CORSMiddleware
 
+from app.access import Keyring, LinkSigner
 from app.api import errors
 from app.api.files import router as files_router
-from app.api.middleware import RequestMiddleware
+from app.api.middleware import ClientDeadline, RequestMiddleware
 from app.api.ops import router as ops_router
 from app.api.zip import router as zip_router
 from app.metrics import Metrics
@@ -29,17 +33,37 @@ from app.storage.zip import ZipLimits
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
+log = logging.getLogger(__name__)
+EXPOSED_HEADERS = [
+    "Content-Disposition",
+    "Content-Range",
+    "Content-Length",
+    "ETag",
+    "Last-Modified",
+    "Accept-Ranges",
+    "Location",
+    "X-Request-ID",
+]
+
 
 class State(TypedDict):
     """What every request sees as ``request.state``."""
 
     files: FileService
     zip_limits: ZipLimits
+    keyring: Keyring
+    links: LinkSigner
+    metrics_key: str | None
+
+
+def reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
 
 
 def _s3_config(settings: Settings) -> AioConfig:
     return AioConfig(
         s3={"addressing_style": settings.s3_addressing_style},
+        signature_version="s3v4",  # presigned URLs too (botocore would presign with SigV2)
         connect_timeout=5,
         read_timeout=60,
         retries={"mode": "standard", "max_attempts": 3},
@@ -68,9 +92,6 @@ async def _open_s3(settings: Settings, stack: AsyncExitStack) -> S3Backend:
             )
         )
         return opened
-
-    def reveal(secret: Any) -> str | None:
-        return secret.get_secret_value() if secret is not None else None
 
     write = await client(settings.s3_access_key_id, reveal(settings.s3_secret_access_key))
     read = write
@@ -134,13 +155,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_file_size=int(settings.max_file_size),
                 whitelist=frozenset(settings.file_whitelist),
                 blacklist=frozenset(settings.file_blacklist),
+                max_batch_files=settings.max_batch_files,
             )
+            keyring = Keyring(settings.keys)
+            if keyring.open:
+                log.warning(
+                    "No API keys configured (API_KEYS, API_KEYS_FILE): "
+                    "anyone who can reach this service may read, write and delete files."
+                )
             yield {
                 "files": FileService(targets, UPLOADS_GO_TO[settings.storage_mode], policy),
                 "zip_limits": ZipLimits(
                     max_entries=settings.zip_max_entries,
                     max_total_size=int(settings.zip_max_total_size),
                 ),
+                "keyring": keyring,
+                "links": LinkSigner(
+                    reveal(settings.signing_secret),
+                    max_expires_in=settings.link_max_expires,
+                    base_url=settings.public_base_url,
+                ),
+                "metrics_key": reveal(settings.metrics_api_key),
             }
 
     app = FastAPI(
@@ -150,6 +185,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.metrics = Metrics()
+    # Innermost first: client deadlines, then CORS (so every answer, errors too, carries its
+    # headers), then the request id, log line and metrics around everything.
+    app.add_middleware(ClientDeadline, seconds=settings.client_idle_timeout)
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_credentials=settings.cors_allow_credentials,
+            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
+            allow_headers=["*"],
+            expose_headers=EXPOSED_HEADERS,
+            max_age=600,
+        )
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics)
     errors.install(app)
     app.include_router(zip_router)

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    ByteSize,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.access import KeySpec
 from app.storage.ids import is_valid_bucket_name
 
 CommaList = Annotated[list[str], NoDecode]
+_KEY_LIST = TypeAdapter(list[KeySpec])
+MIN_SECRET_LENGTH = 32
+_PLACEHOLDERS = {"changeme", "change-me", "changethis", "secret", "example"}
 
 
 def _split_commas(value: object) -> object:
@@ -23,7 +37,11 @@ class Settings(BaseSettings):
     """Every setting of API.md; field ``foo_bar`` is the variable ``FOO_BAR``."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,  # VAR= in .env means "the default", as .env.example shows
+        extra="ignore",
+        frozen=True,
     )
 
     storage_mode: Literal["local", "s3", "fastdfs", "hybrid"] = "local"
@@ -58,8 +76,27 @@ class Settings(BaseSettings):
     file_whitelist: CommaList = Field(default_factory=list)
     file_blacklist: CommaList = Field(default_factory=list)
 
+    max_batch_files: int = Field(default=100, gt=0)
+    client_idle_timeout: float = Field(default=60, gt=0)
+
+    api_keys: Annotated[list[KeySpec], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    metrics_api_key: SecretStr | None = None
+    signing_secret: SecretStr | None = None
+    link_max_expires: int = Field(default=7 * 24 * 3600, gt=0)
+    public_base_url: str | None = None
+    cors_allow_origins: CommaList = Field(default_factory=list)
+    cors_allow_credentials: bool = False
+
+    _file_keys: list[KeySpec] = PrivateAttr(default_factory=list)
+
     _split = field_validator(
-        "s3_buckets", "file_whitelist", "file_blacklist", "fastdfs_tracker_servers", mode="before"
+        "s3_buckets",
+        "file_whitelist",
+        "file_blacklist",
+        "fastdfs_tracker_servers",
+        "cors_allow_origins",
+        mode="before",
     )(_split_commas)
 
     @field_validator("fastdfs_tracker_servers")
@@ -90,7 +127,37 @@ class Settings(BaseSettings):
             cls._bucket_name(name)
         return value
 
-    @field_validator("s3_endpoint")
+    @field_validator("signing_secret", "metrics_api_key")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if len(secret) < MIN_SECRET_LENGTH or secret.lower() in _PLACEHOLDERS:
+            raise ValueError(
+                f"use at least {MIN_SECRET_LENGTH} random characters "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON list of keys ({exc})") from None
+        return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _readable_keys_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    @field_validator("public_base_url", "s3_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
         if value and not value.startswith(("http://", "https://")):
@@ -119,7 +186,22 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"FASTDFS_TRACKER_SERVERS is required when STORAGE_MODE={self.storage_mode}"
             )
+        if self.cors_allow_credentials and "*" in self.cors_allow_origins:
+            raise ValueError("CORS_ALLOW_CREDENTIALS=true needs explicit CORS_ALLOW_ORIGINS, not *")
+        if self.api_keys_file is not None:
+            try:
+                self._file_keys = _KEY_LIST.validate_json(self.api_keys_file.read_bytes())
+            except (OSError, ValidationError) as exc:
+                raise ValueError(f"API_KEYS_FILE {self.api_keys_file}: {exc}") from None
+        key_names = [spec.name for spec in self.keys]
+        if len(key_names) != len(set(key_names)):
+            raise ValueError("API_KEYS / API_KEYS_FILE: key key_names must be unique")
         return self
+
+    @property
+    def keys(self) -> list[KeySpec]:
+        """Every configured API key, from ``API_KEYS`` and ``API_KEYS_FILE``."""
+        return [*self.api_keys, *self._file_keys]
 
     @property
     def allowed_s3_buckets(self) -> frozenset[str]:

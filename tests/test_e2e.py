@@ -172,6 +172,12 @@ def test_curl_against_s3(s3_service: tuple[Service, str], tmp_path: Path) -> Non
         ("S3_ADDRESSING_STYLE", "sideways"),
         ("S3_DEFAULT_BUCKET", "Not_A_Bucket"),
         ("S3_CREATE_BUCKET", "perhaps"),
+        ("API_KEYS", '[{"name": "web", "key": "too-short", "scopes": ["read"]}]'),
+        ("API_KEYS", '[{"name": "web", "key": "long-enough-key-0123", "scopes": ["admin"]}]'),
+        ("API_KEYS", "not json"),
+        ("API_KEYS_FILE", "/nonexistent/keys.json"),
+        ("SIGNING_SECRET", "changeme"),
+        ("CLIENT_IDLE_TIMEOUT", "0"),
     ],
 )
 def test_invalid_setting_stops_startup_naming_it(tmp_path: Path, variable: str, value: str) -> None:
@@ -248,3 +254,59 @@ def _send_partial_form(url: str, path: str, declared: int, sent: int) -> None:
         for _ in range(sent // MiB):
             sock.sendall(block)
         time.sleep(0.5)
+
+
+def test_a_stalled_upload_gets_408_and_leaves_nothing(tmp_path: Path) -> None:
+    """A client that stops sending mid-body loses its slot after CLIENT_IDLE_TIMEOUT."""
+    service = Service({"LOCAL_ROOT": str(tmp_path / "data"), "CLIENT_IDLE_TIMEOUT": "1"})
+    service.start(tmp_path)
+    try:
+        host, port = service.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                f"PUT /files/upload/slow.bin HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Length: {10 * MiB}\r\n\r\n".encode()
+            )
+            sock.sendall(os.urandom(3 * MiB))
+            started = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            waited = time.monotonic() - started
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert json.loads(body)["code"] == "request_timeout"
+        assert 0.5 < waited < 8
+        assert _eventually(lambda: stored_files(tmp_path / "data" / "files") == [])
+    finally:
+        service.stop()
+
+
+def test_a_client_that_stops_reading_is_cut_off(tmp_path: Path) -> None:
+    """A download nobody reads does not hold the service: the connection is closed."""
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(64 * MiB))
+    service = Service({"LOCAL_ROOT": str(tmp_path / "data"), "CLIENT_IDLE_TIMEOUT": "1"})
+    service.start(tmp_path)
+    try:
+        file_id = service.upload(source, "big.bin")
+        host, port = service.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.sendall(
+                f"GET /files/{quote(file_id)}/download HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+            )
+            time.sleep(4)  # read nothing: the server's sends stall, then it gives up
+            received = 0
+            while chunk := sock.recv(MiB):
+                received += len(chunk)
+        assert 0 < received < 64 * MiB  # the connection ended early, not with the whole file
+        assert service.log_path is not None
+        assert _eventually(lambda: "aborted mid-stream" in service.log_path.read_text())
+        # and the service still serves
+        assert curl("-f", "-o", "/dev/null", f"{service.url}/healthz").returncode == 0
+    finally:
+        service.stop()

@@ -18,6 +18,7 @@ OPERATIONS = {
     ("delete", "/files/{file_id}"): "delete_file",
     ("get", "/files/{file_id}/info"): "get_file_info",
     ("post", "/files/download-zip"): "download_zip",
+    ("post", "/files/{file_id}/link"): "create_link",
 }
 
 
@@ -46,13 +47,14 @@ def test_every_error_response_is_declared_with_its_schema(spec: dict[str, Any]) 
     error_ref = "#/components/schemas/ErrorBody"
     assert set(spec["components"]["schemas"]["ErrorBody"]["properties"]) >= {"detail", "code"}
     expected = {
-        "upload_file": {"400", "403", "413", "500", "503"},
-        "upload_raw": {"400", "403", "413", "500", "503"},
-        "batch_upload": {"400", "403", "413", "500", "503"},
-        "download_file": {"400", "403", "404", "416", "500", "503"},
-        "get_file_info": {"400", "403", "404", "500", "503"},
-        "delete_file": {"400", "403", "500", "503"},
-        "download_zip": {"400", "403", "404", "413", "500", "503"},
+        "upload_file": {"400", "401", "403", "408", "413", "500", "503"},
+        "upload_raw": {"400", "401", "403", "408", "413", "500", "503"},
+        "batch_upload": {"400", "401", "403", "408", "413", "500", "503"},
+        "download_file": {"400", "401", "403", "404", "416", "500", "503"},
+        "get_file_info": {"400", "401", "403", "404", "500", "503"},
+        "delete_file": {"400", "401", "403", "500", "503"},
+        "download_zip": {"400", "401", "403", "404", "413", "500", "503"},
+        "create_link": {"400", "401", "403", "404", "500", "503"},
     }
     for item in spec["paths"].values():
         for op in item.values():
@@ -64,6 +66,25 @@ def test_every_error_response_is_declared_with_its_schema(spec: dict[str, Any]) 
                 schema = op["responses"][status]["content"]["application/json"]["schema"]
                 assert schema == {"$ref": error_ref}
             assert "422" not in op["responses"]
+
+
+def test_the_key_schemes_are_declared_on_every_file_operation(spec: dict[str, Any]) -> None:
+    """Generated clients send the key only where the document asks for it."""
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": schemes["bearer"]["description"],
+    }
+    assert schemes["apiKey"]["type"] == "apiKey"
+    assert (schemes["apiKey"]["in"], schemes["apiKey"]["name"]) == ("header", "X-API-Key")
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            security = op.get("security", [])
+            if path.startswith("/files"):
+                assert {"apiKey": []} in security and {"bearer": []} in security, (method, path)
+            elif path in ("/healthz", "/readyz"):
+                assert security == [], path
 
 
 def test_upload_bodies_are_documented(spec: dict[str, Any]) -> None:

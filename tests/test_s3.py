@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 
 import httpx
 from asgi_lifespan import LifespanManager
@@ -11,36 +13,81 @@ from app.main import create_app
 from tests.conftest import created_bucket, s3_admin, s3_settings, serve, unique_bucket
 from tests.servers import ADMIN, READER, WRITER, SeaweedFS
 
+SECRET = "a-signing-secret-of-at-least-32-characters"
+
+
+async def _every_read(client: httpx.AsyncClient, file_id: str, data: bytes) -> None:
+    """Download, HEAD, range, info, zip, a signed link and a direct (presigned) link."""
+    assert (await client.get(f"/files/{file_id}/download")).content == data
+    assert (await client.head(f"/files/{file_id}/download")).status_code == 200
+    ranged = await client.get(f"/files/{file_id}/download", headers={"Range": "bytes=1-"})
+    assert ranged.content == data[1:]
+    assert (await client.get(f"/files/{file_id}/info")).json()["file_size"] == len(data)
+    archive = await client.post("/files/download-zip", json=[{"file_id": file_id}])
+    assert archive.status_code == 200, archive.text
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as unpacked:
+        assert unpacked.read(unpacked.namelist()[0]) == data
+    signed = (await client.post(f"/files/{file_id}/link", json={})).json()["url"]
+    assert (await client.get(signed.removeprefix("http://filegate"))).content == data
+    direct = (await client.post(f"/files/{file_id}/link", json={"direct": True})).json()["url"]
+    async with httpx.AsyncClient() as plain:
+        assert (await plain.get(direct)).content == data
+
 
 async def test_reads_go_through_the_read_only_pair(seaweed: SeaweedFS, bucket: str) -> None:
-    """The write identity has no read permission, so every read that succeeds used the read pair."""
-    async with serve(s3_settings(seaweed.endpoint, bucket)) as client:
+    """The write identity may not read, the read identity may not write: every read that
+    succeeds used the read pair, and uploads and deletes need nothing but the write pair."""
+    split = s3_settings(seaweed.endpoint, bucket, signing_secret=SECRET)
+    async with serve(split) as client:
         attach = (await client.post("/files/upload", files={"file": ("a.txt", b"abc")})).json()
         file_id = attach["file_id"]
-        assert (await client.get(f"/files/{file_id}/download")).content == b"abc"
-        assert (await client.get(f"/files/{file_id}/info")).status_code == 200
-        assert (await client.head(f"/files/{file_id}/download")).status_code == 200
+        await _every_read(client, file_id, b"abc")
         assert (await client.delete(f"/files/{file_id}")).status_code == 200
+        assert (await client.get(f"/files/{file_id}/info")).status_code == 404
 
-    # Proof that the identities really are split: the writer alone cannot read ...
+    # Proof that the identities really are split: the writer alone uploads and deletes but
+    # cannot read ...
     write_only = s3_settings(
-        seaweed.endpoint, bucket, s3_read_access_key_id=None, s3_read_secret_access_key=None
+        seaweed.endpoint,
+        bucket,
+        s3_read_access_key_id=None,
+        s3_read_secret_access_key=None,
+        signing_secret=SECRET,
     )
     async with serve(write_only) as client:
-        attach = (await client.post("/files/upload", files={"file": ("b.txt", b"b")})).json()
-        denied = await client.get(f"/files/{attach['file_id']}/info")
-        assert denied.status_code == 500
-        assert denied.json()["code"] == "storage_error"
-        assert WRITER[1] not in denied.text
-    # ... and the reader alone cannot write.
+        attach = (await client.post("/files/upload", files={"file": ("b.txt", b"bbb")})).json()
+        doomed = (await client.post("/files/upload", files={"file": ("d.txt", b"d")})).json()
+        assert (await client.delete(f"/files/{doomed['file_id']}")).status_code == 200
+        for denied in (
+            await client.get(f"/files/{attach['file_id']}/info"),
+            await client.get(f"/files/{attach['file_id']}/download"),
+            await client.post("/files/download-zip", json=[{"file_id": attach["file_id"]}]),
+            await client.post(f"/files/{attach['file_id']}/link", json={}),
+        ):
+            assert denied.status_code == 500
+            assert denied.json()["code"] == "storage_error"
+            assert WRITER[1] not in denied.text
+    async with s3_admin(seaweed.endpoint) as s3:
+        listed = await s3.list_objects_v2(Bucket=bucket)
+    assert [item["Key"] for item in listed["Contents"]] == [attach["file_id"].split("/", 1)[1]]
+
+    # ... and the reader alone serves every read but cannot write or delete.
     read_only = s3_settings(
-        seaweed.endpoint, bucket, s3_access_key_id=READER[0], s3_secret_access_key=READER[1]
+        seaweed.endpoint,
+        bucket,
+        s3_access_key_id=READER[0],
+        s3_secret_access_key=READER[1],
+        signing_secret=SECRET,
     )
     async with serve(read_only) as client:
-        refused = await client.post("/files/upload", files={"file": ("c.txt", b"c")})
-        assert refused.status_code == 500
-        assert refused.json()["code"] == "storage_error"
-        assert (await client.get(f"/files/{attach['file_id']}/download")).content == b"b"
+        await _every_read(client, attach["file_id"], b"bbb")
+        for refused in (
+            await client.post("/files/upload", files={"file": ("c.txt", b"c")}),
+            await client.delete(f"/files/{attach['file_id']}"),
+        ):
+            assert refused.status_code == 500
+            assert refused.json()["code"] == "storage_error"
+        assert (await client.get(f"/files/{attach['file_id']}/download")).content == b"bbb"
 
 
 async def test_create_bucket_at_startup(seaweed: SeaweedFS) -> None:

@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from app.access import AccessError
+from app.api.middleware import ClientTooSlow
 from app.api.schemas import ErrorBody
 from app.storage.errors import StorageError
 
@@ -19,8 +21,10 @@ log = logging.getLogger(__name__)
 
 _DESCRIPTIONS = {
     400: "Invalid argument or file type",
-    403: "Route, bucket or deletion not allowed",
+    401: "No API key, or an unknown one",
+    403: "Not allowed: the key's scope, bucket or folder; the route, bucket or deletion",
     404: "No such file",
+    408: "The client sent nothing for too long",
     413: "File or request too large",
     416: "Range not satisfiable",
     500: "Unexpected storage failure",
@@ -31,10 +35,10 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI declarations of a route's error responses (500 and 503 are always possible)."""
+    """OpenAPI declarations of a route's error responses (401, 500 and 503 are always possible)."""
     return {
         status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
-        for status in (*statuses, 500, 503)
+        for status in sorted({*statuses, 401, 500, 503})
     }
 
 
@@ -60,6 +64,19 @@ async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
         )
     body = ErrorBody(detail=exc.detail, code=exc.code, file_id=exc.file_id, file_ids=exc.file_ids)
     return error_response(exc.status_code, body, exc.headers())
+
+
+async def _access_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AccessError)
+    log.info("%s %s refused: %s", request.method, request.url.path, exc.code)
+    body = ErrorBody(detail=exc.detail, code=exc.code, file_id=exc.file_id)
+    return error_response(exc.status_code, body, exc.headers())
+
+
+async def _client_too_slow(request: Request, exc: Exception) -> JSONResponse:
+    log.info("%s %s: %s", request.method, request.url.path, exc)
+    body = ErrorBody(detail=f"{exc} Send the request faster.", code="request_timeout")
+    return error_response(408, body, {"Connection": "close"})
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -118,6 +135,8 @@ def document_validation_as_400(app: FastAPI) -> None:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(StorageError, _storage_error)
+    app.add_exception_handler(AccessError, _access_error)
+    app.add_exception_handler(ClientTooSlow, _client_too_slow)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)

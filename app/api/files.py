@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from app.access import Keyring, LinkInvalid, LinkSigner, LinkTerms, Principal, Scope
+from app.api.auth import KeyringDep, PresentedKeyDep, PrincipalDep, SignerDep
 from app.api.deps import FilesDep
 from app.api.errors import error_responses
 from app.api.http import content_disposition, http_date, not_modified, parse_range, range_applies
 from app.api.multipart import FormStream
 from app.api.responses import ObjectStreamResponse
-from app.api.schemas import Deleted, FileAttach, FileInfo
+from app.api.schemas import Deleted, FileAttach, FileInfo, Link, LinkRequest
 from app.storage.base import ByteRange
 from app.storage.errors import InvalidArgument
 from app.storage.fusion import FileService, StoredFile, content_type_for
+from app.storage.ids import parse_file_id
 from app.storage.validation import check_file_name
 
 router = APIRouter(prefix="/files", tags=["files"])
@@ -29,6 +34,31 @@ FORM_FIELDS = ("folder", "bucket", "metadata")
 FORM_OVERHEAD = 256 * 1024
 """Room for boundaries and text fields when a multipart Content-Length is checked up front."""
 META_HEADER = "x-meta-"
+S3_MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+_ACTIVE_TYPES = {
+    "text/html",
+    "application/xhtml+xml",
+    "image/svg+xml",
+    "text/xml",
+    "application/xml",
+}
+_ACTIVE_EXTENSIONS = (".html", ".htm", ".xhtml", ".shtml", ".svg", ".svgz", ".xml", ".xsl", ".xslt")
+
+
+def _authorized(principal: Principal, scope: Scope, raw_id: str) -> None:
+    """``Forbidden`` unless the caller may ``scope`` this file (scope first, then its place)."""
+    principal.require(scope)
+    principal.check(scope, parse_file_id(raw_id))
+
+
+def _active_content(media_type: str, name: str) -> bool:
+    """HTML, SVG and XML can run script in our origin if a browser renders them."""
+    essence = media_type.split(";")[0].strip().lower()
+    return (
+        essence in _ACTIVE_TYPES
+        or essence.endswith("+xml")
+        or name.lower().endswith(_ACTIVE_EXTENSIONS)
+    )
 
 
 def _form_body(file_field: str, many: bool) -> dict[str, Any]:
@@ -85,9 +115,10 @@ def _parse_metadata(raw: str | None) -> Mapping[str, object]:
 
 
 async def _receive_form(
-    request: Request, files: FileService, file_field: str, many: bool
+    request: Request, files: FileService, principal: Principal, file_field: str, many: bool
 ) -> list[StoredFile]:
     """Stream every file part of the form to storage as it arrives; all of them or none."""
+    principal.require("write")
     length = _declared_length(request)
     if not many and length is not None:
         files.policy.check_declared_size(length - FORM_OVERHEAD)
@@ -105,6 +136,7 @@ async def _receive_form(
             elif part.filename is not None and part.name == file_field:
                 if stored and not many:
                     raise InvalidArgument("One file per request: use /files/batch-upload.")
+                files.policy.check_batch_count(len(stored) + 1)
                 file_id, new = files.prepare_upload(
                     part.filename,
                     folder=fields.get("folder"),
@@ -112,6 +144,7 @@ async def _receive_form(
                     content_type=part.content_type,
                     metadata=_parse_metadata(fields.get("metadata")),
                 )
+                principal.check("write", file_id)
                 stored.append(await files.store(file_id, new, form.data()))
             else:
                 raise InvalidArgument(
@@ -128,12 +161,13 @@ async def _receive_form(
     operation_id="upload_file",
     status_code=201,
     response_model=FileAttach,
-    responses=error_responses(400, 403, 413),
+    responses=error_responses(400, 403, 408, 413),
     openapi_extra=_form_body("file", many=False),
 )
-async def upload_file(request: Request, files: FilesDep) -> JSONResponse:
+async def upload_file(request: Request, files: FilesDep, principal: PrincipalDep) -> JSONResponse:
     """Upload one file (multipart/form-data), streamed to storage as it arrives."""
-    return _created(await _receive_form(request, files, "file", many=False), many=False)
+    stored = await _receive_form(request, files, principal, "file", many=False)
+    return _created(stored, many=False)
 
 
 @router.post(
@@ -141,12 +175,13 @@ async def upload_file(request: Request, files: FilesDep) -> JSONResponse:
     operation_id="batch_upload",
     status_code=201,
     response_model=list[FileAttach],
-    responses=error_responses(400, 403, 413),
+    responses=error_responses(400, 403, 408, 413),
     openapi_extra=_form_body("files", many=True),
 )
-async def batch_upload(request: Request, files: FilesDep) -> JSONResponse:
-    """Upload several files at once: all of them are stored, or none."""
-    return _created(await _receive_form(request, files, "files", many=True), many=True)
+async def batch_upload(request: Request, files: FilesDep, principal: PrincipalDep) -> JSONResponse:
+    """Upload several files at once (at most MAX_BATCH_FILES): all of them are stored, or none."""
+    stored = await _receive_form(request, files, principal, "files", many=True)
+    return _created(stored, many=True)
 
 
 @router.put(
@@ -154,7 +189,7 @@ async def batch_upload(request: Request, files: FilesDep) -> JSONResponse:
     operation_id="upload_raw",
     status_code=201,
     response_model=FileAttach,
-    responses=error_responses(400, 403, 413),
+    responses=error_responses(400, 403, 408, 413),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -169,10 +204,12 @@ async def upload_raw(
     file_name: str,
     request: Request,
     files: FilesDep,
+    principal: PrincipalDep,
     folder: str | None = None,
     bucket: str | None = None,
 ) -> JSONResponse:
     """Upload one file sent as the raw request body (``curl -T``)."""
+    principal.require("write")
     files.policy.check_declared_size(_declared_length(request))
     metadata = {
         name.removeprefix(META_HEADER): _header_text(value)
@@ -187,6 +224,7 @@ async def upload_raw(
         metadata=metadata,
         size=_declared_length(request),
     )
+    principal.check("write", file_id)
     return _created([await files.store(file_id, new, request.stream())], many=False)
 
 
@@ -201,12 +239,14 @@ async def _serve(
     stored = await files.info(file_id)
     info = stored.info
     name = check_file_name(filename) if filename else stored.name
+    media_type = content_type_for(name, info.content_type)
     headers = {
         "ETag": info.etag,
         "Last-Modified": http_date(info),
         "Accept-Ranges": "bytes",
         "X-Content-Type-Options": "nosniff",
-        "Content-Disposition": content_disposition(name, inline=inline),
+        "Content-Security-Policy": "sandbox",
+        "Content-Disposition": _disposition(name, media_type, inline),
     }
     if not_modified(
         info, request.headers.get("if-none-match"), request.headers.get("if-modified-since")
@@ -220,7 +260,6 @@ async def _serve(
     if byte_range:
         headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{info.size}"
     status = 206 if byte_range else 200
-    media_type = content_type_for(name, info.content_type)
     if not with_body:
         return Response(status_code=status, headers=headers, media_type=media_type)
     stream = await files.open(stored, byte_range)
@@ -233,6 +272,12 @@ InlineQuery = Annotated[
     bool, Query(description="Content-Disposition: inline instead of attachment.")
 ]
 FilenameQuery = Annotated[str | None, Query(description="Download under this name instead.")]
+ExpiresQuery = Annotated[
+    int | None, Query(description="Signed links: Unix time until which the link is valid.")
+]
+SignatureQuery = Annotated[
+    str | None, Query(description="Signed links: the signature; no API key is needed then.")
+]
 _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
@@ -242,6 +287,24 @@ _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     304: {"description": "Not modified (If-None-Match / If-Modified-Since)"},
     **error_responses(400, 403, 404, 416),
 }
+
+
+def _admit_download(
+    keyring: Keyring,
+    presented: str | None,
+    signer: LinkSigner,
+    raw_id: str,
+    terms: tuple[int | None, str | None, str | None, bool],
+) -> None:
+    """A download needs a key with ``read`` on the file, or a signed link for exactly this."""
+    expires, signature, filename, inline = terms
+    if expires is None and signature is None:
+        _authorized(keyring.authenticate(presented), "read", raw_id)
+        return
+    if expires is None or signature is None:
+        raise LinkInvalid("A signed link needs both 'expires' and 'signature'.", file_id=raw_id)
+    canonical = str(parse_file_id(raw_id))
+    signer.verify(LinkTerms(canonical, expires, filename, inline), signature)
 
 
 @router.get(
@@ -254,10 +317,16 @@ async def download_file(
     file_id: str,
     request: Request,
     files: FilesDep,
+    keyring: KeyringDep,
+    presented: PresentedKeyDep,
+    signer: SignerDep,
     inline: InlineQuery = False,
     filename: FilenameQuery = None,
+    expires: ExpiresQuery = None,
+    signature: SignatureQuery = None,
 ) -> Response:
-    """Download a file, or one byte range of it."""
+    """Download a file, or one byte range of it (with an API key, or through a signed link)."""
+    _admit_download(keyring, presented, signer, file_id, (expires, signature, filename, inline))
     return await _serve(request, files, file_id, inline, filename, with_body=True)
 
 
@@ -271,11 +340,62 @@ async def download_file_head(
     file_id: str,
     request: Request,
     files: FilesDep,
+    keyring: KeyringDep,
+    presented: PresentedKeyDep,
+    signer: SignerDep,
     inline: InlineQuery = False,
     filename: FilenameQuery = None,
+    expires: ExpiresQuery = None,
+    signature: SignatureQuery = None,
 ) -> Response:
     """The headers a download would send, without the body."""
+    _admit_download(keyring, presented, signer, file_id, (expires, signature, filename, inline))
     return await _serve(request, files, file_id, inline, filename, with_body=False)
+
+
+@router.post(
+    "/{file_id:path}/link",
+    operation_id="create_link",
+    response_model=Link,
+    responses=error_responses(400, 403, 404),
+)
+async def create_link(
+    file_id: str,
+    body: LinkRequest,
+    request: Request,
+    files: FilesDep,
+    principal: PrincipalDep,
+    signer: SignerDep,
+) -> Link:
+    """A download URL that works without a key until it expires (for <a href> and <img src>)."""
+    _authorized(principal, "read", file_id)
+    limit = signer.max_expires_in
+    if body.direct:
+        limit = min(limit, S3_MAX_PRESIGN_SECONDS)
+    elif not signer.enabled:
+        raise LinkInvalid("Signed links are not configured: set SIGNING_SECRET.", file_id=file_id)
+    if body.expires_in > limit:
+        raise InvalidArgument(f"expires_in may be at most {limit} s.")
+    stored = await files.info(file_id)
+    name = check_file_name(body.filename) if body.filename else stored.name
+    expires = int(time.time()) + body.expires_in
+    if body.direct:
+        media_type = content_type_for(name, stored.info.content_type)
+        url = await files.presign(
+            stored,
+            body.expires_in,
+            content_disposition=_disposition(name, media_type, body.inline),
+            content_type=media_type,
+        )
+    else:
+        terms = LinkTerms(str(stored.file_id), expires, body.filename, body.inline)
+        url = signer.url(terms, str(request.base_url))
+    return Link(url=url, expires_at=datetime.fromtimestamp(expires, UTC))
+
+
+def _disposition(name: str, media_type: str, inline: bool) -> str:
+    """Inline only for content that cannot script our origin; HTML, SVG, XML always download."""
+    return content_disposition(name, inline=inline and not _active_content(media_type, name))
 
 
 @router.get(
@@ -284,8 +404,9 @@ async def download_file_head(
     response_model=FileInfo,
     responses=error_responses(400, 403, 404),
 )
-async def get_file_info(file_id: str, files: FilesDep) -> FileInfo:
+async def get_file_info(file_id: str, files: FilesDep, principal: PrincipalDep) -> FileInfo:
     """Size, times, type, original name and metadata of a file."""
+    _authorized(principal, "read", file_id)
     return FileInfo.of(await files.info(file_id))
 
 
@@ -295,6 +416,7 @@ async def get_file_info(file_id: str, files: FilesDep) -> FileInfo:
     response_model=Deleted,
     responses=error_responses(400, 403),
 )
-async def delete_file(file_id: str, files: FilesDep) -> Deleted:
+async def delete_file(file_id: str, files: FilesDep, principal: PrincipalDep) -> Deleted:
     """Delete a file; deleting one that is already gone also succeeds."""
+    _authorized(principal, "delete", file_id)
     return Deleted(file_id=str(await files.delete(file_id)))

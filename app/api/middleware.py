@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logs import request_id
@@ -79,3 +80,45 @@ class RequestMiddleware:
                 },
             )
             request_id.reset(token)
+
+
+class ClientTooSlow(Exception):
+    """The client sent or read nothing for ``CLIENT_IDLE_TIMEOUT`` seconds."""
+
+
+class ClientDeadline:
+    """A slow client cannot hold the service forever: every wait for the next piece of the request
+    body, and for the client to take the next piece of the response, has a deadline.
+
+    A stalled upload becomes ``ClientTooSlow`` where the route reads the body (408, and whatever
+    was stored of it is rolled back); a stalled download is abandoned and the connection closed.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        body_done = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:  # from now on only a disconnect can come, and waiting for it is free
+                return await receive()
+            with anyio.move_on_after(self.seconds):
+                message = await receive()
+                body_done = message["type"] != "http.request" or not message.get("more_body")
+                return message
+            raise ClientTooSlow(f"No request data for {self.seconds:g} s.")
+
+        async def timed_send(message: Message) -> None:
+            with anyio.move_on_after(self.seconds):
+                await send(message)
+                return
+            raise ClientTooSlow(f"The client took nothing for {self.seconds:g} s.")
+
+        await self.app(scope, timed_receive, timed_send)

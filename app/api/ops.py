@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from app.access import Unauthorized, key_matches
+from app.api.auth import PresentedKeyDep
 from app.api.deps import FilesDep
 from app.api.schemas import Health
 
@@ -50,8 +52,11 @@ async def readyz(files: FilesDep) -> JSONResponse:
 
 
 @router.get("/metrics", operation_id="metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    """Prometheus metrics (text format), summed over every worker."""
+async def metrics(request: Request, presented: PresentedKeyDep) -> Response:
+    """Prometheus metrics (text format), summed over every worker; METRICS_API_KEY guards it."""
+    required: str | None = request.state.metrics_key
+    if required is not None and not key_matches(presented, required):
+        raise Unauthorized("/metrics needs METRICS_API_KEY.")
     return Response(
         request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
     )

@@ -77,5 +77,25 @@ class Deleted(BaseModel):
     file_id: str
 
 
+class LinkRequest(BaseModel):
+    """What a signed link grants."""
+
+    expires_in: int = Field(default=3600, gt=0, description="Seconds until the link expires.")
+    filename: str | None = Field(default=None, description="Download under this name.")
+    inline: bool = Field(default=False, description="Shown in the browser (never HTML/SVG/XML).")
+    direct: bool = Field(
+        default=False, description="S3 files: an S3 presigned URL, signed with the read-only pair."
+    )
+
+
+class Link(BaseModel):
+    url: str
+    expires_at: datetime
+
+    @field_serializer("expires_at")
+    def _iso_with_offset(self, value: datetime) -> str:
+        return value.isoformat()
+
+
 class Health(BaseModel):
     status: str = "ok"

@@ -7,9 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from app.api.auth import PrincipalDep
 from app.api.deps import FilesDep, ZipLimitsDep
 from app.api.errors import error_responses
 from app.api.responses import ObjectStreamResponse
+from app.storage.ids import parse_file_id
 from app.storage.zip import ZipRequest, ZipStream, plan
 
 router = APIRouter(prefix="/files", tags=["files"])
@@ -37,12 +39,16 @@ async def download_zip(
     items: list[ZipItem],
     files: FilesDep,
     limits: ZipLimitsDep,
+    principal: PrincipalDep,
     compression: Annotated[
         Literal["stored", "deflate"],
         Query(description="stored (default) keeps entries as they are; deflate compresses."),
     ] = "stored",
 ) -> ObjectStreamResponse:
     """Download many files as one zip; every file is checked before the first byte is sent."""
+    principal.require("read")
+    for item in items:
+        principal.check("read", parse_file_id(item.file_id))
     requests = [ZipRequest(item.file_id, item.file_name) for item in items]
     entries = await plan(files, requests, limits)
     return ObjectStreamResponse(

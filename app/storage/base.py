@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +109,13 @@ class Backend(Protocol):
 
     async def check(self) -> None:
         """Raise ``StorageError`` unless the backend can serve now (for readiness)."""
+
+
+@runtime_checkable
+class Presigner(Protocol):
+    """A backend that can hand out URLs its storage serves directly (S3)."""
+
+    async def presign(
+        self, ref: ObjectRef, expires_in: int, *, content_disposition: str, content_type: str
+    ) -> str:
+        """A GET URL for ``ref``, valid ``expires_in`` seconds, signed with the read credentials."""

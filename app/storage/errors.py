@@ -83,6 +83,13 @@ class FileTooLarge(StorageError):
     code = "file_too_large"
 
 
+class TooManyFiles(StorageError):
+    """More files in one batch upload than ``MAX_BATCH_FILES`` (nothing of it is left stored)."""
+
+    status_code = 413
+    code = "too_many_files"
+
+
 class RangeNotSatisfiable(StorageError):
     """The requested byte range lies outside the file."""
 

@@ -24,6 +24,7 @@ from app.storage.base import (
     ObjectInfo,
     ObjectRef,
     ObjectStream,
+    Presigner,
 )
 from app.storage.errors import (
     BucketNotAllowed,
@@ -111,6 +112,24 @@ class FileService:
         backend = self._targets[stored.file_id.backend].backend
         ref = stored.file_id.ref
         return await _attributed(backend.open(ref, byte_range), str(stored.file_id), backend)
+
+    async def presign(
+        self, stored: StoredFile, expires_in: int, *, content_disposition: str, content_type: str
+    ) -> str:
+        """A URL the file's own storage serves; ``InvalidArgument`` where there is none (not S3)."""
+        backend = self._targets[stored.file_id.backend].backend
+        if not isinstance(backend, Presigner):
+            raise InvalidArgument(
+                f"Direct links exist for S3 files only, not {backend.name}.",
+                file_id=str(stored.file_id),
+            )
+        signing = backend.presign(
+            stored.file_id.ref,
+            expires_in,
+            content_disposition=content_disposition,
+            content_type=content_type,
+        )
+        return await _attributed(signing, str(stored.file_id), backend)
 
     async def delete(self, raw_id: str) -> FileId:
         file_id, backend = self.resolve(raw_id, deleting=True)

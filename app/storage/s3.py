@@ -280,6 +280,22 @@ class S3Backend:
             answer = await self._read.get_object(Bucket=ref.bucket, Key=ref.key, **extra)
         return S3Stream(answer["Body"])
 
+    async def presign(
+        self, ref: ObjectRef, expires_in: int, *, content_disposition: str, content_type: str
+    ) -> str:
+        """Signed with the read pair, so the URL can do no more than that pair may."""
+        params = {
+            "Bucket": ref.bucket,
+            "Key": ref.key,
+            "ResponseContentDisposition": content_disposition,
+            "ResponseContentType": content_type,
+        }
+        with translate_errors():
+            url: str = await self._read.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=expires_in
+            )
+        return url
+
     async def delete(self, ref: ObjectRef) -> None:
         with translate_errors(writing=True):
             await self._write.delete_object(Bucket=ref.bucket, Key=ref.key)

@@ -7,7 +7,7 @@ import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from app.storage.errors import FileTooLarge, InvalidArgument, InvalidFileType
+from app.storage.errors import FileTooLarge, InvalidArgument, InvalidFileType, TooManyFiles
 
 MAX_NAME_BYTES = 200
 """Leaves room for the 17-character key prefix within a file system's 255-byte name limit."""
@@ -93,6 +93,12 @@ class UploadPolicy:
     """Bytes; 0 means no limit."""
     whitelist: frozenset[str] = frozenset()
     blacklist: frozenset[str] = frozenset()
+    max_batch_files: int = 100
+
+    def check_batch_count(self, count: int) -> None:
+        """Refuse the ``count``-th file of one batch upload if that is over the limit."""
+        if count > self.max_batch_files:
+            raise TooManyFiles(f"At most {self.max_batch_files} files per batch upload.")
 
     def check_type(self, name: str) -> None:
         ext = extension(name)
