@@ -22,9 +22,20 @@ READER = ("filegate-reader", "filegate-reader-secret")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (all held open until every one is chosen, so the kernel
+    cannot hand out the same port twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((HOST, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def weed_binary() -> str:
@@ -101,7 +112,7 @@ class SeaweedFS:
                 "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc",
                 "webdav.port", "debug.port",
             ]  # fmt: skip
-            self.ports = {name: free_port() for name in names}
+            self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         args = [
             weed_binary(),
             "mini",

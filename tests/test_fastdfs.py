@@ -25,7 +25,7 @@ from tests.conftest import (
     serve,
 )
 from tests.fdfs_emulator import FastDFS
-from tests.servers import SeaweedFS, Service, free_port
+from tests.servers import SeaweedFS, Service, free_port, free_ports
 
 MiB = 1024 * 1024
 
@@ -326,7 +326,7 @@ def test_emulator_speaks_the_wire_protocol(fastdfs: FastDFS) -> None:
 
 
 def test_emulator_runs_by_itself(tmp_path: Path) -> None:
-    tracker_port, storage_port = free_port(), free_port()
+    tracker_port, storage_port = free_ports(2)
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.fdfs_emulator", "--dir", str(tmp_path),
          "--tracker-port", str(tracker_port), "--storage-port", str(storage_port)],
