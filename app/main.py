@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import aioboto3
 from aiobotocore.config import AioConfig
+from botocore.utils import parse_timestamp
 from fastapi import FastAPI
 from pydantic import SecretStr
 from starlette.middleware.cors import CORSMiddleware
@@ -62,20 +65,43 @@ def reveal(secret: SecretStr | None) -> str | None:
 
 def _s3_config(settings: Settings) -> AioConfig:
     return AioConfig(
-        s3={"addressing_style": settings.s3_addressing_style},
+        s3={
+            "addressing_style": settings.s3_addressing_style,
+            # No SHA-256 of every body in Python (botocore would hash each upload part, even over
+            # HTTPS when no Content-MD5 is sent): TLS protects the bytes in transit.
+            "payload_signing_enabled": False,
+        },
         signature_version="s3v4",  # presigned URLs too (botocore would presign with SigV2)
         connect_timeout=5,
         read_timeout=60,
         retries={"mode": "standard", "max_attempts": 3},
         max_pool_connections=64,
+        parameter_validation=False,  # our own calls, always well-formed; saves time per call
         # Third-party S3 servers do not all accept the newer default CRC trailers.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
 
 
+def _fast_timestamps(session: aioboto3.Session) -> None:
+    """botocore parses every Last-Modified with dateutil, a tenth of a HEAD's CPU time here;
+    S3 sends RFC 7231 dates in headers and ISO 8601 in XML, both parsed by the standard library."""
+
+    def parse(value: str) -> datetime:
+        try:
+            parsed = parsedate_to_datetime(value) if "," in value else datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            fallback: datetime = parse_timestamp(value)
+            return fallback
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    factory = session._session.get_component("response_parser_factory")
+    factory.set_parser_defaults(timestamp_parser=parse)
+
+
 async def _open_s3(settings: Settings, stack: AsyncExitStack) -> S3Backend:
     session = aioboto3.Session()
+    _fast_timestamps(session)
     config = _s3_config(settings)
 
     async def client(key_id: str | None, secret: str | None) -> S3Client:

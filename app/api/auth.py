@@ -26,7 +26,7 @@ _api_key = APIKeyHeader(
 )
 
 
-def presented_key(
+async def presented_key(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     api_key: Annotated[str | None, Security(_api_key)],
 ) -> str | None:
@@ -37,7 +37,7 @@ def presented_key(
 PresentedKeyDep = Annotated[str | None, Depends(presented_key)]
 
 
-def get_keyring(request: Request) -> Keyring:
+async def get_keyring(request: Request) -> Keyring:
     keyring: Keyring = request.state.keyring
     return keyring
 
@@ -45,7 +45,7 @@ def get_keyring(request: Request) -> Keyring:
 KeyringDep = Annotated[Keyring, Depends(get_keyring)]
 
 
-def get_principal(keyring: KeyringDep, presented: PresentedKeyDep) -> Principal:
+async def get_principal(keyring: KeyringDep, presented: PresentedKeyDep) -> Principal:
     """The caller; 401 before anything else happens if the key is missing or unknown."""
     return keyring.authenticate(presented)
 
@@ -53,7 +53,7 @@ def get_principal(keyring: KeyringDep, presented: PresentedKeyDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_signer(request: Request) -> LinkSigner:
+async def get_signer(request: Request) -> LinkSigner:
     signer: LinkSigner = request.state.links
     return signer
 

@@ -1,4 +1,8 @@
-"""The injection vocabulary of the routers."""
+"""The injection vocabulary of the routers.
+
+Every accessor is ``async def``: FastAPI would run a plain ``def`` in a worker thread, a thread
+hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from app.storage.fusion import FileService
 from app.storage.zip import ZipLimits
 
 
-def get_files(request: Request) -> FileService:
+async def get_files(request: Request) -> FileService:
     """The fusion service opened by the lifespan."""
     files: FileService = request.state.files
     return files
@@ -19,7 +23,7 @@ def get_files(request: Request) -> FileService:
 FilesDep = Annotated[FileService, Depends(get_files)]
 
 
-def get_zip_limits(request: Request) -> ZipLimits:
+async def get_zip_limits(request: Request) -> ZipLimits:
     """The operator's limits on one zip request."""
     limits: ZipLimits = request.state.zip_limits
     return limits

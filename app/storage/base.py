@@ -119,3 +119,11 @@ class Presigner(Protocol):
         self, ref: ObjectRef, expires_in: int, *, content_disposition: str, content_type: str
     ) -> str:
         """A GET URL for ``ref``, valid ``expires_in`` seconds, signed with the read credentials."""
+
+
+@runtime_checkable
+class Fetcher(Protocol):
+    """A backend that describes and starts reading an object in one round trip (S3's GET)."""
+
+    async def fetch(self, ref: ObjectRef) -> tuple[ObjectInfo, ObjectStream]:
+        """What ``head`` and ``open`` (whole object) give, from a single request."""

@@ -20,6 +20,7 @@ from app.storage.base import (
     Backend,
     ByteRange,
     EmptyStream,
+    Fetcher,
     NewObject,
     ObjectInfo,
     ObjectRef,
@@ -112,6 +113,15 @@ class FileService:
         backend = self._targets[stored.file_id.backend].backend
         ref = stored.file_id.ref
         return await _attributed(backend.open(ref, byte_range), str(stored.file_id), backend)
+
+    async def fetch(self, raw_id: str) -> tuple[StoredFile, ObjectStream]:
+        """``info`` and ``open`` of the whole file, in one backend round trip where it can."""
+        file_id, backend = self.resolve(raw_id)
+        if not isinstance(backend, Fetcher):
+            stored = await self.info(raw_id)
+            return stored, await self.open(stored, None)
+        info, stream = await _attributed(backend.fetch(file_id.ref), raw_id, backend)
+        return StoredFile(file_id, info), stream
 
     async def presign(
         self, stored: StoredFile, expires_in: int, *, content_disposition: str, content_type: str

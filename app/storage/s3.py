@@ -280,6 +280,12 @@ class S3Backend:
             answer = await self._read.get_object(Bucket=ref.bucket, Key=ref.key, **extra)
         return S3Stream(answer["Body"])
 
+    async def fetch(self, ref: ObjectRef) -> tuple[ObjectInfo, S3Stream]:
+        """One GET instead of HEAD + GET: a GET answer carries everything a HEAD does."""
+        with translate_errors():
+            answer = await self._read.get_object(Bucket=ref.bucket, Key=ref.key)
+        return _info(ref, answer, answer["ContentLength"]), S3Stream(answer["Body"])
+
     async def presign(
         self, ref: ObjectRef, expires_in: int, *, content_disposition: str, content_type: str
     ) -> str:
