@@ -41,6 +41,10 @@ def private_seaweed(tmp_path: Path) -> Iterator[SeaweedFS]:
     server.stop()
 
 
+SIGNING_SECRET = "a-signing-secret-of-at-least-32-characters"
+"""A SIGNING_SECRET the settings accept, for tests of signed links."""
+
+
 def unique_bucket() -> str:
     return f"t-{secrets.token_hex(6)}"
 

@@ -17,7 +17,8 @@ import pytest
 
 from app.access import LinkSigner, LinkTerms
 from app.settings import Settings
-from tests.conftest import s3_admin, s3_settings, serve
+from tests.conftest import SIGNING_SECRET as SECRET
+from tests.conftest import created_bucket, s3_admin, s3_settings, serve
 from tests.servers import READER, WRITER, SeaweedFS
 from tests.test_files import assert_error
 
@@ -27,7 +28,6 @@ WRITE_KEY = "write-key-0123456789"
 DELETE_KEY = "delete-key-0123456789"
 TEAM_KEY = "team-a-key-0123456789"
 HASHED_KEY = "hashed-key-0123456789"
-SECRET = "a-signing-secret-of-at-least-32-characters"
 KEYS: list[dict[str, Any]] = [
     {"name": "admin", "key": ADMIN_KEY, "scopes": ["read", "write", "delete"]},
     {"name": "reader", "key": READ_KEY, "scopes": ["read"]},
@@ -248,10 +248,7 @@ async def test_a_key_limited_to_a_folder_stays_in_it(
 
 
 async def test_a_key_limited_to_a_bucket_stays_in_it(seaweed: SeaweedFS) -> None:
-    async with s3_admin(seaweed.endpoint) as s3:
-        own, other = f"t-own-{time.time_ns()}", f"t-other-{time.time_ns()}"
-        await s3.create_bucket(Bucket=own)
-        await s3.create_bucket(Bucket=other)
+    own, other = await created_bucket(seaweed.endpoint), await created_bucket(seaweed.endpoint)
     keys = [
         *KEYS,
         {
@@ -317,6 +314,7 @@ async def test_operations_stay_open_and_metrics_can_have_its_own_key(tmp_path: P
         scraped = await client.get("/metrics", headers={"Authorization": f"Bearer {metrics_key}"})
         assert scraped.status_code == 200
         assert "filegate_requests_total" in scraped.text
+        assert (await client.get("/metrics", headers=as_key(metrics_key))).status_code == 200
     async with serve(local_settings(tmp_path)) as client:  # no metrics key: open, like health
         assert (await client.get("/metrics")).status_code == 200
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from playwright.async_api import async_playwright
 
+from tests.conftest import SIGNING_SECRET as SECRET
 from tests.servers import HOST, Service, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 KEY = "browser-key-0123456789"
-SECRET = "a-signing-secret-of-at-least-32-characters"
 CHROMIUM_ARGS = [
     "--disable-gpu",
     "--disable-quic",

@@ -10,10 +10,17 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from app.main import create_app
-from tests.conftest import created_bucket, s3_admin, s3_settings, serve, unique_bucket
+from tests.conftest import (
+    SIGNING_SECRET as SECRET,
+)
+from tests.conftest import (
+    created_bucket,
+    s3_admin,
+    s3_settings,
+    serve,
+    unique_bucket,
+)
 from tests.servers import ADMIN, READER, WRITER, SeaweedFS
-
-SECRET = "a-signing-secret-of-at-least-32-characters"
 
 
 async def _every_read(client: httpx.AsyncClient, file_id: str, data: bytes) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -61,3 +63,21 @@ def test_secrets_are_not_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("S3_ACCESS_KEY_ID", "id")
     monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "very-secret")
     assert "very-secret" not in repr(Settings(_env_file=None))
+
+
+def test_the_env_example_is_a_valid_configuration() -> None:
+    """README: copy .env.example to .env. Every variable in it is one filegate reads (or the
+    filegate command's, or compose's), and empty ones mean the default."""
+    example = Path(__file__).parent.parent / ".env.example"
+    settings = Settings(_env_file=example)
+    assert settings.keys == [] and settings.signing_secret is None
+    assert settings.cors_allow_origins == [] and settings.client_idle_timeout == 60
+    names = [
+        line.split("=", 1)[0]
+        for line in example.read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    fields = {name.upper() for name in Settings.model_fields}
+    unknown = [n for n in names if n not in fields and not n.startswith(("FILEGATE_", "MINIO_"))]
+    assert unknown == []
+    assert fields - set(names) == set()  # and every setting is explained there
