@@ -29,7 +29,6 @@ import platform
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -42,38 +41,10 @@ from urllib.parse import quote
 import boto3
 from botocore.config import Config
 
-from tests.servers import ADMIN, SeaweedFS, Service
+from bench.common import MiB, curl, peak_mib, random_file, reset_peak
+from tests.servers import ADMIN, SeaweedFS, Service, weed_binary
 
-MiB = 1024 * 1024
 BUCKET = "bench"
-
-
-def _pids(service: Service) -> list[int]:
-    """The processes that serve: the workers if uvicorn forked any, else the process itself."""
-    assert service.process is not None
-    pid = service.process.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(child) for child in children] or [pid]
-
-
-def _reset_peak(service: Service) -> None:
-    for pid in _pids(service):
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def _peak_mib(service: Service) -> float:
-    peaks = []
-    for pid in _pids(service):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peaks.append(int(line.split()[1]) / 1024)
-    return max(peaks)
-
-
-def _curl(*args: str) -> tuple[float, bytes]:
-    start = time.perf_counter()
-    done = subprocess.run(["curl", "-sS", "-f", *args], capture_output=True, check=True)
-    return time.perf_counter() - start, done.stdout
 
 
 @dataclass(frozen=True)
@@ -123,39 +94,36 @@ class Bench:
 
     def phase[T](self, service: Service, name: str, run: Callable[[], T]) -> T:
         """``run`` with filegate's peak RSS recorded as ``<name> rss``."""
-        _reset_peak(service)
+        reset_peak(service)
         value = run()
-        self.record(f"{name} rss", _peak_mib(service))
+        self.record(f"{name} rss", peak_mib(service))
         return value
 
     def large(self, service: Service, source: Path) -> None:
         mib = source.stat().st_size / MiB
         direct_put = self.presign("put_object", "direct-big.bin")
-        seconds, _ = _curl("-T", str(source), "-o", "/dev/null", direct_put)
+        seconds, _ = curl("-T", str(source), "-o", "/dev/null", direct_put)
         self.record("large upload direct", mib / seconds)
 
-        def upload() -> float:
-            seconds, body = _curl("-T", str(source), f"{service.url}/files/upload/big.bin")
-            self.big_id = json.loads(body)["file_id"]
-            return mib / seconds
-
-        self.record("large upload filegate", self.phase(service, "large upload", upload))
-        seconds, _ = _curl("-o", "/dev/null", self.presign("get_object", "direct-big.bin"))
+        upload_url = f"{service.url}/files/upload/big.bin"
+        seconds, body = self.phase(
+            service, "large upload", lambda: curl("-T", str(source), upload_url)
+        )
+        self.record("large upload filegate", mib / seconds)
+        big_id = json.loads(body)["file_id"]
+        seconds, _ = curl("-o", "/dev/null", self.presign("get_object", "direct-big.bin"))
         self.record("large download direct", mib / seconds)
 
         def download() -> float:
-            url = f"{service.url}/files/{quote(self.big_id)}/download"
-            return mib / _curl("-o", "/dev/null", url)[0]
+            url = f"{service.url}/files/{quote(big_id)}/download"
+            return mib / curl("-o", "/dev/null", url)[0]
 
         self.record("large download filegate", self.phase(service, "large download", download))
         self.s3.delete_object(Bucket=BUCKET, Key="direct-big.bin")
-        self.s3.delete_object(Bucket=BUCKET, Key=self.big_id.split("/", 1)[1])
+        self.s3.delete_object(Bucket=BUCKET, Key=big_id.split("/", 1)[1])
 
     def prepare_zip(self, service: Service) -> None:
-        part = self.work / "part.bin"
-        with part.open("wb") as file:
-            for _ in range(self.args.zip_mib):
-                file.write(os.urandom(MiB))
+        part = random_file(self.work / "part.bin", self.args.zip_mib)
         self.zip_ids = [service.upload(part, f"part{i}.bin") for i in range(self.args.zip_files)]
 
     def zip(self, service: Service) -> None:
@@ -164,11 +132,11 @@ class Bench:
         sequential: list[str] = []
         for url in urls:
             sequential += ["-o", "/dev/null", url]
-        self.record("zip direct", total / _curl(*sequential)[0])
+        self.record("zip direct", total / curl(*sequential)[0])
         request = json.dumps([{"file_id": fid} for fid in self.zip_ids])
 
         def zipped() -> float:
-            seconds, _ = _curl(
+            seconds, _ = curl(
                 "-H", "Content-Type: application/json", "--data-binary", request,
                 "-o", "/dev/null", f"{service.url}/files/download-zip",
             )  # fmt: skip
@@ -211,9 +179,7 @@ def _machine() -> str:
             break
     mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
     weed = (
-        subprocess.run(
-            [str(Path(sys.executable).parent / "weed"), "version"], capture_output=True, text=True
-        )
+        subprocess.run([weed_binary(), "version"], capture_output=True, text=True)
         .stdout.strip()
         .splitlines()[0]
     )
@@ -289,10 +255,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="filegate-compare-") as tmp:
         work = Path(tmp)
-        source = work / "source.bin"
-        with source.open("wb") as file:
-            for _ in range(args.size_mib):
-                file.write(os.urandom(MiB))
+        source = random_file(work / "source.bin", args.size_mib)
         (work / "small.bin").write_bytes(os.urandom(args.small_kib * 1024))
         seaweed = SeaweedFS(work / "seaweedfs")
         seaweed.start()

@@ -14,28 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote
 
+from bench.common import MiB, curl, peak_mib, random_file, reset_peak
 from tests.fdfs_emulator import FastDFS
 from tests.servers import ADMIN, SeaweedFS, Service
-
-MiB = 1024 * 1024
-
-
-def _reset_peak(service: Service) -> None:
-    assert service.process is not None
-    Path(f"/proc/{service.process.pid}/clear_refs").write_text("5")
-
-
-def _curl(*args: str) -> tuple[float, bytes]:
-    start = time.perf_counter()
-    done = subprocess.run(["curl", "-sS", "-f", *args], capture_output=True, check=True)
-    return time.perf_counter() - start, done.stdout
 
 
 def _measure(service: Service, source: Path, size: int) -> list[tuple[str, float, float]]:
@@ -44,42 +30,39 @@ def _measure(service: Service, source: Path, size: int) -> list[tuple[str, float
         ("upload (curl -T)", ["-T", str(source), f"{service.url}/files/upload/big.bin"]),
         ("upload (curl -F)", ["-F", f"file=@{source}", f"{service.url}/files/upload"]),
     ):
-        _reset_peak(service)
-        seconds, body = _curl(*args)
-        rows.append((label, seconds, service.peak_rss_kib() / 1024))
+        reset_peak(service)
+        seconds, body = curl(*args)
+        rows.append((label, seconds, peak_mib(service)))
         file_id = json.loads(body)["file_id"]
-    _reset_peak(service)
+    reset_peak(service)
     url = f"{service.url}/files/{quote(file_id)}/download"
-    seconds, _ = _curl("-o", "/dev/null", url)
-    rows.append(("download", seconds, service.peak_rss_kib() / 1024))
+    seconds, _ = curl("-o", "/dev/null", url)
+    rows.append(("download", seconds, peak_mib(service)))
     return [(label, size / MiB / seconds, peak) for label, seconds, peak in rows]
 
 
 def _measure_zip(
     service: Service, work: Path, count: int, mib: int
 ) -> list[tuple[str, float, float]]:
-    part = work / "part.bin"
-    with part.open("wb") as file:
-        for _ in range(mib):
-            file.write(os.urandom(MiB))
+    part = random_file(work / "part.bin", mib)
     ids = []
     for i in range(count):
-        _, body = _curl("-T", str(part), f"{service.url}/files/upload/part{i}.bin")
+        _, body = curl("-T", str(part), f"{service.url}/files/upload/part{i}.bin")
         ids.append(json.loads(body)["file_id"])
     total = count * mib
-    _reset_peak(service)
+    reset_peak(service)
     start = time.perf_counter()
     for file_id in ids:
-        _curl("-o", "/dev/null", f"{service.url}/files/{quote(file_id)}/download")
+        curl("-o", "/dev/null", f"{service.url}/files/{quote(file_id)}/download")
     one_by_one = time.perf_counter() - start
-    rows = [(f"{count} downloads one by one", total / one_by_one, service.peak_rss_kib() / 1024)]
-    _reset_peak(service)
+    rows = [(f"{count} downloads one by one", total / one_by_one, peak_mib(service))]
+    reset_peak(service)
     request = json.dumps([{"file_id": i} for i in ids])
-    seconds, _ = _curl(
+    seconds, _ = curl(
         "-H", "Content-Type: application/json", "--data-binary", request,
         "-o", "/dev/null", f"{service.url}/files/download-zip",
     )  # fmt: skip
-    rows.append((f"zip of {count} x {mib} MiB", total / seconds, service.peak_rss_kib() / 1024))
+    rows.append((f"zip of {count} x {mib} MiB", total / seconds, peak_mib(service)))
     return rows
 
 
@@ -92,10 +75,7 @@ def main() -> None:
     size = args.size_mib * MiB
     with tempfile.TemporaryDirectory(prefix="filegate-bench-") as tmp:
         work = Path(tmp)
-        source = work / "source.bin"
-        with source.open("wb") as file:
-            for _ in range(args.size_mib):
-                file.write(os.urandom(MiB))
+        source = random_file(work / "source.bin", args.size_mib)
         seaweed = SeaweedFS(work / "seaweedfs")
         seaweed.start()
         fastdfs = FastDFS(work / "fastdfs")
@@ -122,7 +102,7 @@ def main() -> None:
             for name, service in services.items():
                 service.start(work)
                 try:
-                    idle = service.peak_rss_kib() / 1024
+                    idle = peak_mib(service)
                     print(f"| {name} | idle after start | | {idle:.0f} |")
                     for label, rate, peak in _measure(service, source, size):
                         print(f"| {name} | {label} | {rate:.0f} | {peak:.0f} |")
