@@ -6,14 +6,15 @@ import json
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.access import Keyring, LinkInvalid, LinkSigner, LinkTerms, Principal, Scope
+from app.access import LinkInvalid, LinkTerms, Principal, Scope
 from app.api.auth import KeyringDep, PresentedKeyDep, PrincipalDep, SignerDep
 from app.api.deps import FilesDep
 from app.api.errors import error_responses
@@ -235,11 +236,11 @@ async def _serve(
     request: Request,
     files: FileService,
     file_id: str,
-    inline: bool,
-    filename: str | None,
+    options: DownloadOptions,
     with_body: bool,
 ) -> Response:
-    chosen_name = check_file_name(filename) if filename else None
+    inline = options.inline
+    chosen_name = check_file_name(options.filename) if options.filename else None
     if with_body and not any(header in request.headers for header in _CONDITIONS):
         # A plain download needs no decision before the body: one round trip where the
         # backend can (S3: a GET without the HEAD).
@@ -316,22 +317,35 @@ _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _admit_download(
-    keyring: Keyring,
-    presented: str | None,
-    signer: LinkSigner,
-    raw_id: str,
-    terms: tuple[int | None, str | None, str | None, bool],
-) -> None:
-    """A download needs a key with ``read`` on the file, or a signed link for exactly this."""
-    expires, signature, filename, inline = terms
+@dataclass(frozen=True, slots=True)
+class DownloadOptions:
+    inline: bool
+    filename: str | None
+
+
+async def admit_download(
+    file_id: str,
+    keyring: KeyringDep,
+    presented: PresentedKeyDep,
+    signer: SignerDep,
+    inline: InlineQuery = False,
+    filename: FilenameQuery = None,
+    expires: ExpiresQuery = None,
+    signature: SignatureQuery = None,
+) -> DownloadOptions:
+    """A download needs a key with ``read`` on the file, or a signed link for exactly this id,
+    expiry and these options."""
     if expires is None and signature is None:
-        _authorized(keyring.authenticate(presented), "read", raw_id)
-        return
-    if expires is None or signature is None:
-        raise LinkInvalid("A signed link needs both 'expires' and 'signature'.", file_id=raw_id)
-    canonical = str(parse_file_id(raw_id))
-    signer.verify(LinkTerms(canonical, expires, filename, inline), signature)
+        _authorized(keyring.authenticate(presented), "read", file_id)
+    elif expires is None or signature is None:
+        raise LinkInvalid("A signed link needs both 'expires' and 'signature'.", file_id=file_id)
+    else:
+        canonical = str(parse_file_id(file_id))
+        signer.verify(LinkTerms(canonical, expires, filename, inline), signature)
+    return DownloadOptions(inline, filename)
+
+
+DownloadDep = Annotated[DownloadOptions, Depends(admit_download)]
 
 
 @router.get(
@@ -341,20 +355,10 @@ def _admit_download(
     responses=_DOWNLOAD_RESPONSES,
 )
 async def download_file(
-    file_id: str,
-    request: Request,
-    files: FilesDep,
-    keyring: KeyringDep,
-    presented: PresentedKeyDep,
-    signer: SignerDep,
-    inline: InlineQuery = False,
-    filename: FilenameQuery = None,
-    expires: ExpiresQuery = None,
-    signature: SignatureQuery = None,
+    file_id: str, request: Request, files: FilesDep, options: DownloadDep
 ) -> Response:
     """Download a file, or one byte range of it (with an API key, or through a signed link)."""
-    _admit_download(keyring, presented, signer, file_id, (expires, signature, filename, inline))
-    return await _serve(request, files, file_id, inline, filename, with_body=True)
+    return await _serve(request, files, file_id, options, with_body=True)
 
 
 @router.head(
@@ -364,20 +368,10 @@ async def download_file(
     responses=_DOWNLOAD_RESPONSES,
 )
 async def download_file_head(
-    file_id: str,
-    request: Request,
-    files: FilesDep,
-    keyring: KeyringDep,
-    presented: PresentedKeyDep,
-    signer: SignerDep,
-    inline: InlineQuery = False,
-    filename: FilenameQuery = None,
-    expires: ExpiresQuery = None,
-    signature: SignatureQuery = None,
+    file_id: str, request: Request, files: FilesDep, options: DownloadDep
 ) -> Response:
     """The headers a download would send, without the body."""
-    _admit_download(keyring, presented, signer, file_id, (expires, signature, filename, inline))
-    return await _serve(request, files, file_id, inline, filename, with_body=False)
+    return await _serve(request, files, file_id, options, with_body=False)
 
 
 @router.post(
