@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from app.storage.errors import InvalidArgument
+from app.errors import Forbidden, InvalidArgument, LinkExpired, LinkInvalid, Unauthorized
 from app.storage.ids import FileId
 from app.storage.validation import check_folder
 
@@ -27,45 +27,6 @@ Scope = Literal["read", "write", "delete"]
 ALL_SCOPES: frozenset[Scope] = frozenset({"read", "write", "delete"})
 MIN_KEY_LENGTH = 16
 _LINK_VERSION = "filegate-link-v1"
-
-
-class AccessError(Exception):
-    """A request that is not allowed in; rendered like every other error (``app.api.errors``)."""
-
-    status_code = 403
-    code = "forbidden"
-
-    def __init__(self, detail: str, *, file_id: str | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.file_id = file_id
-
-    def headers(self) -> dict[str, str]:
-        return {}
-
-
-class Unauthorized(AccessError):
-    """No API key, or one that is not configured (401)."""
-
-    status_code = 401
-    code = "unauthorized"
-
-    def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": 'Bearer realm="filegate"'}
-
-
-class Forbidden(AccessError):
-    """A known key without the scope, or outside its buckets and folders (403)."""
-
-
-class LinkExpired(AccessError):
-    code = "link_expired"
-
-
-class LinkInvalid(AccessError):
-    """Tampered, made for another file or other options, or links are not configured."""
-
-    code = "link_invalid"
 
 
 class KeySpec(BaseModel):
@@ -110,12 +71,24 @@ class KeySpec(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller a key identifies, with what it may do and where."""
+    """The caller a key (or a signed link) identifies, with what it may do and where.
+
+    The service (``app.storage.service``) checks a principal before every file operation; routes
+    only pass it on.
+    """
 
     name: str
     scopes: frozenset[Scope]
     buckets: frozenset[str] | None = None
+    """None: every bucket."""
     folders: tuple[str, ...] | None = None
+    """None: every folder."""
+    only: FileId | None = None
+    """A signed link's principal may read this one file and nothing else."""
+
+    @classmethod
+    def for_link(cls, file_id: FileId) -> Principal:
+        return cls("signed link", frozenset({"read"}), only=file_id)
 
     def require(self, scope: Scope) -> None:
         if scope not in self.scopes:
@@ -129,6 +102,8 @@ class Principal:
         """
         self.require(scope)
         raw = str(file_id)
+        if self.only is not None and file_id != self.only:
+            raise Forbidden("A signed link reads only the file it was made for.", file_id=raw)
         if self.buckets is not None and file_id.ref.bucket not in self.buckets:
             raise Forbidden(f"The key {self.name!r} may not use this bucket.", file_id=raw)
         if self.folders is not None:

@@ -208,6 +208,11 @@ class Settings(BaseSettings):
         return frozenset(self.s3_buckets or [self.s3_default_bucket])
 
 
+def reveal(secret: SecretStr | None) -> str | None:
+    """The plain value of a secret setting, for the one place that hands it on."""
+    return secret.get_secret_value() if secret is not None else None
+
+
 def describe_errors(error: ValidationError) -> str:
     """One line per invalid setting, naming the environment variable."""
     lines = []

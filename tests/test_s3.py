@@ -146,6 +146,10 @@ async def test_s3_outage_is_503_and_the_service_recovers(private_seaweed: Seawee
                 assert int(response.headers["retry-after"]) > 0
                 assert "Traceback" not in response.text
                 assert WRITER[1] not in response.text
+            metrics = (await client.get("/metrics")).text
+            assert 'filegate_backend_errors_total{backend="s3",code="backend_unavailable"} 4.0' in (
+                metrics
+            )
 
             private_seaweed.start()  # same ports, same data
             recovered = await client.get(f"/files/{file_id}/download")

@@ -1,4 +1,4 @@
-"""The injection vocabulary of the routers.
+"""The injection vocabulary of the routers (``Annotated`` aliases over tiny accessors).
 
 Every accessor is ``async def``: FastAPI would run a plain ``def`` in a worker thread, a thread
 hop per dependency per request.
@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
-from app.storage.fusion import FileService
-from app.storage.zip import ZipLimits
+from app.storage.ids import FileId, parse_file_id
+from app.storage.service import FileService
 
 
 async def get_files(request: Request) -> FileService:
-    """The fusion service opened by the lifespan."""
+    """The service opened by the lifespan."""
     files: FileService = request.state.files
     return files
 
@@ -23,10 +23,11 @@ async def get_files(request: Request) -> FileService:
 FilesDep = Annotated[FileService, Depends(get_files)]
 
 
-async def get_zip_limits(request: Request) -> ZipLimits:
-    """The operator's limits on one zip request."""
-    limits: ZipLimits = request.state.zip_limits
-    return limits
+async def file_id_in_path(
+    file_id: Annotated[str, Path(description="A file id: s3:, local: or a FastDFS id.")],
+) -> FileId:
+    """The path's file id, parsed once for the whole request (``InvalidArgument`` if malformed)."""
+    return parse_file_id(file_id)
 
 
-ZipLimitsDep = Annotated[ZipLimits, Depends(get_zip_limits)]
+FileIdDep = Annotated[FileId, Depends(file_id_in_path)]

@@ -1,8 +1,16 @@
-"""Where every error becomes HTTP: one JSON shape, one handler per kind of exception."""
+"""Where every error becomes HTTP: one JSON shape, rendered by one function.
+
+``FilegateError`` (``app.errors``) carries its own status, code and headers; ``render`` turns it
+into the response, counts it in the backend-error metric when it blames a backend, and logs it.
+The few exceptions raised outside filegate's vocabulary (FastAPI's request validation, Starlette's
+routing errors, a client disconnect, a bug) are first translated into it. Routes declare the
+errors they can raise with ``declare``, so the OpenAPI document lists each with its schema.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,105 +20,112 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from app.access import AccessError
-from app.api.middleware import ClientTooSlow
 from app.api.schemas import ErrorBody
-from app.storage.errors import StorageError
+from app.errors import (
+    BackendUnavailable,
+    ClientGone,
+    FilegateError,
+    InvalidArgument,
+    MethodNotAllowed,
+    NotFound,
+    StorageError,
+    Unauthorized,
+)
 
 log = logging.getLogger(__name__)
 
-_DESCRIPTIONS = {
-    400: "Invalid argument or file type",
-    401: "No API key, or an unknown one",
-    403: "Not allowed: the key's scope, bucket or folder; the route, bucket or deletion",
-    404: "No such file",
-    408: "The client sent nothing for too long",
-    413: "File or request too large",
-    416: "Range not satisfiable",
-    500: "Unexpected storage failure",
-    503: "Backend unavailable; retry after the Retry-After delay",
-}
+ALWAYS: tuple[type[FilegateError], ...] = (Unauthorized, StorageError, BackendUnavailable)
+"""Possible on every file operation: a missing key (when keys are configured), a backend failure
+and an unreachable backend."""
 _ERROR_REF = "#/components/schemas/ErrorBody"
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI declarations of a route's error responses (401, 500 and 503 are always possible)."""
+def declare(*errors: type[FilegateError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of a route's error responses, by status, from the error classes."""
+    by_status: dict[int, list[str]] = defaultdict(list)
+    for error in sorted({*errors, *ALWAYS}, key=lambda e: (e.status_code, e.__name__)):
+        if error.description not in by_status[error.status_code]:
+            by_status[error.status_code].append(error.description)
     return {
-        status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
-        for status in sorted({*statuses, 401, 500, 503})
+        status: {"model": ErrorBody, "description": "; ".join(descriptions)}
+        for status, descriptions in sorted(by_status.items())
     }
 
 
-def error_response(
-    status: int, body: ErrorBody, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+def _body(exc: FilegateError) -> dict[str, Any]:
+    body = ErrorBody(detail=exc.detail, code=exc.code, file_id=exc.file_id, file_ids=exc.file_ids)
+    return body.model_dump(exclude_none=True)
 
 
-async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StorageError)
-    if exc.backend is not None:
-        request.app.state.metrics.backend_errors.labels(exc.backend, exc.code).inc()
+async def render(request: Request, exc: Exception) -> JSONResponse:
+    """The one answer to every error."""
+    assert isinstance(exc, FilegateError)
+    if exc.blames_backend:
+        request.app.state.metrics.backend_errors.labels(exc.backend or "unknown", exc.code).inc()
+    where = f"{request.method} {request.url.path}"
     if exc.status_code >= 500:
         log.warning(
-            "%s %s failed on %s: %s (%s)",
-            request.method,
-            request.url.path,
+            "%s failed on %s: %s (%s)",
+            where,
             exc.backend or "filegate",
             exc.code,
             exc.detail,
             exc_info=exc.__cause__ is not None and exc.status_code == 500,
         )
-    body = ErrorBody(detail=exc.detail, code=exc.code, file_id=exc.file_id, file_ids=exc.file_ids)
-    return error_response(exc.status_code, body, exc.headers())
+    elif isinstance(exc, ClientGone):
+        log.info("%s: the client went away mid-request", where)
+    elif exc.status_code in (401, 403, 408):
+        log.info("%s refused: %s (%s)", where, exc.code, exc.detail)
+    return JSONResponse(_body(exc), status_code=exc.status_code, headers=exc.headers())
 
 
-async def _access_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, AccessError)
-    log.info("%s %s refused: %s", request.method, request.url.path, exc.code)
-    body = ErrorBody(detail=exc.detail, code=exc.code, file_id=exc.file_id)
-    return error_response(exc.status_code, body, exc.headers())
-
-
-async def _client_too_slow(request: Request, exc: Exception) -> JSONResponse:
-    log.info("%s %s: %s", request.method, request.url.path, exc)
-    body = ErrorBody(detail=f"{exc} Send the request faster.", code="request_timeout")
-    return error_response(408, body, {"Connection": "close"})
-
-
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = "; ".join(
         f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
     )
-    return error_response(400, ErrorBody(detail=problems, code="invalid_argument"))
+    return await render(request, InvalidArgument(problems))
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _routing(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(
-        exc.status_code, ErrorBody(detail=str(exc.detail), code=code), dict(exc.headers or {})
-    )
+    error: FilegateError
+    if exc.status_code == 404:
+        error = NotFound(str(exc.detail))
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(str(exc.detail))
+    elif exc.status_code < 500:  # Starlette raises no other; a client's fault all the same
+        error = InvalidArgument(str(exc.detail))
+    else:
+        error = FilegateError(str(exc.detail))
+    response = await render(request, error)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
-    """The client left mid-request: the upload was already rolled back, no one reads this."""
-    log.info("%s %s: the client went away mid-request", request.method, request.url.path)
-    return error_response(400, ErrorBody(detail="The client disconnected.", code="client_gone"))
+    """Whatever the request stored was already rolled back; nobody reads this answer."""
+    return await render(request, ClientGone("The client disconnected."))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    """A bug, not a storage condition: logged with its traceback, shown to the client as JSON
-    without one. (Starlette re-raises it afterwards, so the server logs it too.)"""
+    """A bug, not a storage condition: logged with its traceback, answered as JSON without one.
+    (Starlette re-raises it afterwards, so the server logs it too.)"""
     log.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
-    return error_response(500, ErrorBody(detail="Internal error.", code="internal_error"))
+    return await render(request, FilegateError("Internal error."))
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(FilegateError, render)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _routing)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(Exception, _unexpected)
 
 
 def document_validation_as_400(app: FastAPI) -> None:
-    """Request validation failures are rendered as 400 ``invalid_argument`` (see
-    ``_validation_error``), so the OpenAPI document must not promise FastAPI's 422 shape."""
+    """Request validation failures are rendered as 400 ``invalid_argument``, so the OpenAPI
+    document must not promise FastAPI's 422 shape."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -122,7 +137,7 @@ def document_validation_as_400(app: FastAPI) -> None:
                     responses = operation.get("responses", {})
                     if responses.pop("422", None) is not None and "400" not in responses:
                         responses["400"] = {
-                            "description": _DESCRIPTIONS[400],
+                            "description": InvalidArgument.description,
                             "content": {"application/json": {"schema": {"$ref": _ERROR_REF}}},
                         }
             for unused in ("HTTPValidationError", "ValidationError"):
@@ -131,13 +146,3 @@ def document_validation_as_400(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def install(app: FastAPI) -> None:
-    app.add_exception_handler(StorageError, _storage_error)
-    app.add_exception_handler(AccessError, _access_error)
-    app.add_exception_handler(ClientTooSlow, _client_too_slow)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(Exception, _unexpected)

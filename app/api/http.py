@@ -7,8 +7,8 @@ import unicodedata
 from email.utils import format_datetime, parsedate_to_datetime
 from urllib.parse import quote
 
+from app.errors import InvalidArgument, RangeNotSatisfiable
 from app.storage.base import ByteRange, ObjectInfo
-from app.storage.errors import InvalidArgument, RangeNotSatisfiable
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _ASCII_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\%;]')

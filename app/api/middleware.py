@@ -11,6 +11,7 @@ import uuid
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import RequestTimeout
 from app.logs import request_id
 from app.metrics import Metrics
 
@@ -82,15 +83,11 @@ class RequestMiddleware:
             request_id.reset(token)
 
 
-class ClientTooSlow(Exception):
-    """The client sent or read nothing for ``CLIENT_IDLE_TIMEOUT`` seconds."""
-
-
 class ClientDeadline:
     """A slow client cannot hold the service forever: every wait for the next piece of the request
     body, and for the client to take the next piece of the response, has a deadline.
 
-    A stalled upload becomes ``ClientTooSlow`` where the route reads the body (408, and whatever
+    A stalled upload becomes ``RequestTimeout`` where the route reads the body (408, and whatever
     was stored of it is rolled back); a stalled download is abandoned and the connection closed.
     """
 
@@ -113,12 +110,14 @@ class ClientDeadline:
                 message = await receive()
                 body_done = message["type"] != "http.request" or not message.get("more_body")
                 return message
-            raise ClientTooSlow(f"No request data for {self.seconds:g} s.")
+            raise RequestTimeout(
+                f"No request data for {self.seconds:g} s. Send the request faster."
+            )
 
         async def timed_send(message: Message) -> None:
             with anyio.move_on_after(self.seconds):
                 await send(message)
                 return
-            raise ClientTooSlow(f"The client took nothing for {self.seconds:g} s.")
+            raise RequestTimeout(f"The client took nothing for {self.seconds:g} s.")
 
         await self.app(scope, timed_receive, timed_send)

@@ -15,7 +15,7 @@ from typing import Literal
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from app.storage.errors import InvalidArgument
+from app.errors import InvalidArgument
 
 MAX_TEXT_FIELD = 64 * 1024
 

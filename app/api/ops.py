@@ -6,10 +6,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from app.access import Unauthorized, key_matches
+from app.access import key_matches
 from app.api.auth import PresentedKeyDep
 from app.api.deps import FilesDep
 from app.api.schemas import Health
+from app.errors import Unauthorized
 
 router = APIRouter(tags=["operations"])
 READINESS_TIMEOUT = 2.0

@@ -10,9 +10,8 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 from stream_zip import ZipError
 
-from app.api.middleware import ClientTooSlow
+from app.errors import FilegateError
 from app.storage.base import ObjectStream
-from app.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ class ObjectStreamResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
-        except (StorageError, ZipError, ClientTooSlow) as exc:
+        except (FilegateError, ZipError) as exc:
             log.warning(
                 "transfer of %s aborted mid-stream: %s %s", self._label, type(exc).__name__, exc
             )

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field, field_serializer
 
-from app.storage.fusion import StoredFile
+from app.storage.stored import StoredFile
 
 
 class ErrorBody(BaseModel):

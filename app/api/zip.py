@@ -8,17 +8,23 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from app.api.auth import PrincipalDep
-from app.api.deps import FilesDep, ZipLimitsDep
-from app.api.errors import error_responses
+from app.api.deps import FilesDep
+from app.api.errors import declare
 from app.api.responses import ObjectStreamResponse
-from app.storage.ids import parse_file_id
-from app.storage.zip import ZipRequest, ZipStream, plan
+from app.errors import FileNotFound, FileTooLarge, Forbidden, InvalidArgument
+from app.storage.ids import FileIdField
+from app.storage.zip import ZipRequest
 
 router = APIRouter(prefix="/files", tags=["files"])
 
+CompressionQuery = Annotated[
+    Literal["stored", "deflate"],
+    Query(description="stored (default) keeps entries as they are; deflate compresses."),
+]
+
 
 class ZipItem(BaseModel):
-    file_id: str = Field(description="Any file id: s3:, local: or FastDFS.")
+    file_id: FileIdField = Field(description="Any file id: s3:, local: or FastDFS.")
     file_name: str | None = Field(default=None, description="The entry's name inside the zip.")
 
 
@@ -32,28 +38,21 @@ class ZipItem(BaseModel):
             "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
             "description": "The archive, streamed as it is built",
         },
-        **error_responses(400, 403, 404, 413),
+        **declare(InvalidArgument, Forbidden, FileNotFound, FileTooLarge),
     },
 )
 async def download_zip(
     items: list[ZipItem],
     files: FilesDep,
-    limits: ZipLimitsDep,
     principal: PrincipalDep,
-    compression: Annotated[
-        Literal["stored", "deflate"],
-        Query(description="stored (default) keeps entries as they are; deflate compresses."),
-    ] = "stored",
+    compression: CompressionQuery = "stored",
 ) -> ObjectStreamResponse:
     """Download many files as one zip; every file is checked before the first byte is sent."""
-    principal.require("read")
-    for item in items:
-        principal.check("read", parse_file_id(item.file_id))
     requests = [ZipRequest(item.file_id, item.file_name) for item in items]
-    entries = await plan(files, requests, limits)
+    archive = await files.zip(principal, requests, compression)
     return ObjectStreamResponse(
-        ZipStream(files, entries, compression),
-        f"a zip of {len(entries)} files",
+        archive,
+        f"a zip of {len(requests)} files",
         media_type="application/zip",
         headers={
             "Content-Disposition": 'attachment; filename="files.zip"',

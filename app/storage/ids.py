@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
+from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
+
+from app.errors import InvalidArgument
 from app.storage.base import ObjectRef
-from app.storage.errors import InvalidArgument
 
 BackendName = Literal["local", "s3", "fastdfs"]
 
@@ -57,6 +59,24 @@ def parse_file_id(raw: str) -> FileId:
         raise InvalidArgument("Malformed bucket name in file id.", file_id=raw)
     _check_key(key, raw)
     return FileId(backend, ObjectRef(bucket, key))
+
+
+def _validated(value: object) -> FileId:
+    if isinstance(value, FileId):
+        return value
+    if not isinstance(value, str):
+        raise InvalidArgument("A file id must be a string.")
+    return parse_file_id(value)
+
+
+FileIdField = Annotated[
+    FileId,
+    PlainValidator(_validated),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "description": "A file id: s3:, local: or a FastDFS id."}),
+]
+"""A file id inside a request body: parsed once, where the body is read (``InvalidArgument``, a
+400 naming the id, if it is malformed)."""
 
 
 def _check_key(key: str, raw: str) -> None:

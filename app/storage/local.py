@@ -25,9 +25,10 @@ from typing import IO, Any
 import anyio
 import anyio.to_thread
 
+from app.errors import FilegateError, FileNotFound, InvalidArgument, StorageError
+from app.settings import Settings
 from app.storage.base import ByteRange, NewObject, ObjectInfo, ObjectRef
 from app.storage.diskio import write_in_batches
-from app.storage.errors import FileNotFound, InvalidArgument, StorageError
 
 TMP_PREFIX = ".filegate-tmp-"
 META_DIR = ".filegate-meta"
@@ -38,16 +39,24 @@ async def _run[T](func: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(func, *args)
 
 
-def _translate(exc: OSError) -> StorageError:
+def _translate(exc: OSError) -> FilegateError:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
         return FileNotFound("No such file.")
     if exc.errno == errno.ENAMETOOLONG:
         return InvalidArgument("The name is too long for the file system.")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageError("The local disk is full.")
+        return StorageError("The local disk is full.", backend="local")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError("The local storage directory is not writable.")
-    return StorageError(f"Local storage failed ({errno.errorcode.get(exc.errno or 0, 'error')}).")
+        return StorageError("The local storage directory is not writable.", backend="local")
+    name = errno.errorcode.get(exc.errno or 0, "error")
+    return StorageError(f"Local storage failed ({name}).", backend="local")
+
+
+async def open_local_backend(settings: Settings) -> LocalBackend:
+    """The backend under ``LOCAL_ROOT``, which must be (or become) a writable directory."""
+    backend = LocalBackend(settings.local_root)
+    await backend.check()
+    return backend
 
 
 class LocalStream:
@@ -62,7 +71,9 @@ class LocalStream:
             while self._remaining > 0:
                 chunk = await _run(self._file.read, min(READ_CHUNK, self._remaining))
                 if not chunk:
-                    raise StorageError("The file became shorter while it was read.")
+                    raise StorageError(
+                        "The file became shorter while it was read.", backend="local"
+                    )
                 self._remaining -= len(chunk)
                 yield chunk
         finally:

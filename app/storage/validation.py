@@ -7,13 +7,15 @@ import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from app.storage.errors import FileTooLarge, InvalidArgument, InvalidFileType, TooManyFiles
+from app.errors import FileTooLarge, InvalidArgument, InvalidFileType, TooManyFiles
 
 MAX_NAME_BYTES = 200
 """Leaves room for the 17-character key prefix within a file system's 255-byte name limit."""
 MAX_FOLDER_BYTES = 512
 MAX_FOLDER_DEPTH = 16
 MAX_METADATA_ENTRIES = 32
+FORM_OVERHEAD = 256 * 1024
+"""Room for boundaries and text fields when a one-file form's Content-Length is checked up front."""
 MAX_METADATA_BYTES = 1024
 """Keys plus values, UTF-8: keeps S3's 2 KB user-metadata limit after encoding."""
 RESERVED_METADATA_PREFIX = "filegate-"
@@ -110,6 +112,11 @@ class UploadPolicy:
         """Refuse a body whose declared length is already over the limit, before reading it."""
         if size is not None and 0 < self.max_file_size < size:
             raise self._too_large()
+
+    def check_declared_form(self, length: int | None) -> None:
+        """Refuse a one-file form whose Content-Length cannot fit under the limit."""
+        if length is not None:
+            self.check_declared_size(length - FORM_OVERHEAD)
 
     async def limit(self, body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         """Pass ``body`` through, raising ``FileTooLarge`` as soon as it passes the limit."""

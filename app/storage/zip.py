@@ -6,11 +6,12 @@ archive while the next entries' backend streams are already opening, and closes 
 opened however the response ends.
 
 Entries are stored as they are (method STORE) when the backend knows the file's CRC-32 without
-reading it (local disk, FastDFS, S3 single-part uploads); STORE needs the CRC before the data, so
-other files are written as deflate at level 0, which keeps their bytes uncompressed in stored
-deflate blocks. ``compression="deflate"`` deflates every entry. stream-zip runs in a worker
-thread, so compression never blocks the event loop. Zip64 is used for an entry, the archive's
-offsets or its entry count exactly when they need it.
+reading it (every file filegate stored itself); STORE needs the CRC before the data, so a file
+whose CRC is unknown (put into a bucket by someone else) is written as deflate at level 0, which
+keeps its bytes uncompressed in stored deflate blocks. ``compression="deflate"`` deflates every
+entry. stream-zip runs in a worker thread, so compression never blocks the event loop. An archive
+that could pass 4 GiB or 65,535 entries is written as zip64 throughout (known from the sizes
+before the first byte); any other archive is a plain zip.
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ import stat
 import unicodedata
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import stream_zip
-from stream_zip import ZIP_AUTO, Method, async_stream_zip
+from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_AUTO, Method, async_stream_zip
 
+from app.errors import FileNotFound, FileTooLarge, InvalidArgument, StorageError
 from app.storage.base import ObjectStream
-from app.storage.errors import FileNotFound, FileTooLarge, InvalidArgument, StorageError
-from app.storage.fusion import FileService, StoredFile
+from app.storage.ids import FileId
+from app.storage.stored import StoredFile
 
 Compression = Literal["stored", "deflate"]
 HEAD_CONCURRENCY = 16
@@ -45,11 +46,18 @@ ENTRY_MODE = stat.S_IFREG | 0o644
 log = logging.getLogger(__name__)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _ZIP32_LIMIT = 0xFFFFFFFF
+_ZIP32_MAX_ENTRIES = 0xFFFF
+_ENTRY_OVERHEAD = 256
+"""More than a zip64 local header, extra fields and data descriptor add to an entry (plus its
+name, counted separately): the bound used to tell whether an archive could pass 4 GiB."""
+
+Describe = Callable[[FileId], Awaitable[StoredFile]]
+Opener = Callable[[StoredFile], Awaitable[ObjectStream]]
 
 
 @dataclass(frozen=True, slots=True)
 class ZipRequest:
-    file_id: str
+    file_id: FileId
     file_name: str | None = None
 
 
@@ -64,32 +72,6 @@ class ZipLimits:
     max_entries: int = 1000
     max_total_size: int = 0
     """Bytes; 0 means no limit."""
-
-
-class _Stored(Method):
-    """STORE with the size and CRC known up front; zip64 only where this entry needs it.
-
-    stream-zip's public ``NO_COMPRESSION_32/64(size, crc)`` never upgrade the central directory,
-    so an archive with more than 65,535 entries or past 4 GiB would fail; this picks the variant
-    at the entry's real offset, as stream-zip's own ``ZIP_AUTO`` does for deflate.
-    """
-
-    def __init__(self, size: int, crc32: int) -> None:
-        self._size = size
-        self._crc32 = crc32
-
-    def _get(self, offset: int, default_get_compressobj: Callable[[], Any]) -> tuple[Any, ...]:
-        big = self._size >= _ZIP32_LIMIT or offset >= _ZIP32_LIMIT
-        variant = stream_zip._NO_COMPRESSION_STREAMED_32
-        if big:
-            variant = stream_zip._NO_COMPRESSION_STREAMED_64
-        return (
-            variant,
-            stream_zip._AUTO_UPGRADE_CENTRAL_DIRECTORY,
-            default_get_compressobj,
-            self._size,
-            self._crc32,
-        )
 
 
 def safe_name(requested: str, fallback: str) -> str:
@@ -121,27 +103,32 @@ class _UniqueNames:
         return candidate
 
 
-async def plan(
-    files: FileService, requests: Sequence[ZipRequest], limits: ZipLimits
-) -> list[ZipEntry]:
-    """Check every requested file before anything is sent; name the entries."""
-    if not requests:
+def check_count(count: int, limits: ZipLimits) -> None:
+    if not count:
         raise InvalidArgument("The list of files is empty.")
-    if len(requests) > limits.max_entries:
+    if count > limits.max_entries:
         raise FileTooLarge(f"A zip holds at most {limits.max_entries} files.")
-    for request in requests:
-        files.resolve(request.file_id)  # malformed ids (400) and forbidden routes (403) first
+
+
+async def plan(
+    requests: Sequence[ZipRequest], describe: Describe, limits: ZipLimits
+) -> list[ZipEntry]:
+    """Check every requested file before anything is sent; name the entries.
+
+    The caller has already authorized and routed every id; ``describe`` heads one file.
+    """
+    check_count(len(requests), limits)
     slots = asyncio.Semaphore(HEAD_CONCURRENCY)
 
     async def head(request: ZipRequest) -> StoredFile | None:
         async with slots:
             try:
-                return await files.info(request.file_id)
+                return await describe(request.file_id)
             except FileNotFound:
                 return None
 
     found = await asyncio.gather(*(head(request) for request in requests))
-    missing = [r.file_id for r, f in zip(requests, found, strict=True) if f is None]
+    missing = [str(r.file_id) for r, f in zip(requests, found, strict=True) if f is None]
     if missing:
         raise FileNotFound(f"{len(missing)} of the files do not exist.", file_ids=missing)
     stored = [f for f in found if f is not None]
@@ -160,12 +147,16 @@ async def plan(
 class ZipStream:
     """The archive's bytes; ``aclose()`` releases every backend stream it opened."""
 
-    def __init__(
-        self, files: FileService, entries: list[ZipEntry], compression: Compression
-    ) -> None:
-        self._files = files
+    def __init__(self, open: Opener, entries: list[ZipEntry], compression: Compression) -> None:
+        self._open_stream = open
         self._entries = entries
         self._compression = compression
+        names = sum(len(e.name.encode()) for e in entries)
+        total = sum(e.file.info.size for e in entries) + names
+        self._zip64 = (
+            len(entries) > _ZIP32_MAX_ENTRIES
+            or total + len(entries) * _ENTRY_OVERHEAD >= _ZIP32_LIMIT
+        )
         self._opening: deque[asyncio.Task[ObjectStream]] = deque()
         self._open_streams: list[ObjectStream] = []
         self._closed = False
@@ -185,9 +176,10 @@ class ZipStream:
         info = entry.file.info
         if self._compression == "deflate":
             return ZIP_AUTO(info.size, level=6)
-        if info.crc32 is not None:
-            return _Stored(info.size, info.crc32)
-        return ZIP_AUTO(info.size, level=0)
+        if info.crc32 is None:
+            return ZIP_AUTO(info.size, level=0)
+        stored = NO_COMPRESSION_64 if self._zip64 else NO_COMPRESSION_32
+        return stored(info.size, info.crc32)
 
     def _open(self, entry: ZipEntry) -> asyncio.Task[ObjectStream]:
         return asyncio.ensure_future(self._open_registered(entry))
@@ -195,7 +187,7 @@ class ZipStream:
     async def _open_registered(self, entry: ZipEntry) -> ObjectStream:
         """Open an entry's stream where ``aclose`` will find it. Once the zip is closed (the
         stream-zip worker may still ask for the next entry), whatever opens is closed at once."""
-        stream = await self._files.open(entry.file, None)
+        stream = await self._open_stream(entry.file)
         if self._closed:
             await stream.aclose()
             raise StorageError("The zip was abandoned.")

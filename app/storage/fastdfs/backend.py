@@ -1,13 +1,8 @@
-"""The FastDFS backend, over aiofdfs 0.1.30 with its known defects contained (FASTDFS.md, part two).
+"""The FastDFS backend: aiofdfs's protocol code over connections of our own (``connection``).
 
-aiofdfs's high-level client cannot be used as it is: an EOF in the middle of a reply spins the
-event loop forever (bug 6), a pooled tracker connection is handed back after a timeout or a
-cancellation and then answers the next caller with the previous reply (bug 7), fail-over order is
-random, range arguments are ignored (bugs 1-2) and errno 2 means "file missing" as well as "no
-storage alive" (bug 9). So this module uses aiofdfs's protocol code (``Async_Tracker_Client``,
-``Async_Storage_Client``) over connections of its own that raise on EOF, try the trackers in the
-configured order, and are pooled again only after a clean exchange; every operation runs under an
-overall deadline, and errors are translated by the stage (tracker or storage) that raised them.
+Every operation runs under an overall deadline, and errors are translated by the stage (tracker
+or storage) that raised them (``errors``). Range arguments of aiofdfs's high-level client are
+ignored (docs/fastdfs.md, "aiofdfs defects"), so downloads use its storage protocol directly.
 
 FastDFS needs a file's size before its content. A body of known length (raw ``PUT`` with
 ``Content-Length``) streams straight through; any other body is first spooled to a temporary file
@@ -21,30 +16,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import struct
 import tempfile
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, cast
 
 import anyio
 import anyio.to_thread
-from aiofdfs.async_connection import AsyncConnection, AsyncConnectionError, AsyncConnectionPool
+from aiofdfs.async_connection import AsyncConnectionPool
 from aiofdfs.async_fdfs_protol import Storage_server, Tracker_header
-from aiofdfs.async_storage_client import Async_Storage_Client
 from aiofdfs.async_tracker_client import Async_Tracker_Client
-from aiofdfs.exceptions import DataError, FDFSError
 
+from app.errors import BackendUnavailable, FileNotFound, InvalidArgument
+from app.settings import Settings
 from app.storage.base import ByteRange, NewObject, ObjectInfo, ObjectRef
 from app.storage.diskio import write_in_batches
-from app.storage.errors import (
-    BackendUnavailable,
-    FileNotFound,
-    InvalidArgument,
-    StorageError,
-)
+from app.storage.fastdfs.connection import Pool, StorageClient
+from app.storage.fastdfs.errors import AIOFDFS_ERRORS, Stage, translate
 from app.storage.validation import extension
 
 ACTIVE_TEST = 111
@@ -56,122 +46,7 @@ MAX_META_NAME = 64
 MAX_META_VALUE = 256
 SPOOL_CHUNK = 1024 * 1024
 """Read size when a spooled body is sent on to the storage."""
-_ERRNO = re.compile(r"Error:\s*(\d+)")
 _FDFS_EXT = re.compile(r"[A-Za-z0-9_-]{1,6}")
-AIOFDFS_ERRORS = (FDFSError, AsyncConnectionError, OSError, struct.error, TimeoutError, EOFError)
-"""Everything aiofdfs raises: its own errors, a connection error type outside that hierarchy,
-builtin socket errors, and struct.error from a short header."""
-
-Stage = Literal["tracker", "storage"]
-
-
-class _Connection(AsyncConnection):
-    """An aiofdfs connection that raises on EOF, fails over in order and is never reused after
-    a failed exchange."""
-
-    def __init__(self, hosts: list[str], pool: _Pool) -> None:
-        super().__init__(
-            host_tuple=hosts,
-            connect_timeout=pool.connect_timeout,
-            network_timeout=pool.network_timeout,
-            pool=pool,
-        )
-        self._hosts = hosts
-        self._owner = pool
-
-    async def connect(self) -> None:
-        failure: Exception | None = None
-        for host in self._hosts:  # aiofdfs shuffles; the configured order is the fail-over order
-            self.host_tuple = [host]
-            try:
-                await super().connect()
-                return
-            except AsyncConnectionError as exc:
-                failure = exc
-        raise AsyncConnectionError(f"no FastDFS server reachable: {failure}")
-
-    async def receive(self, size: int) -> bytes:
-        data: bytes = await super().receive(size)
-        if size > 0 and not data:
-            await self.disconnect()
-            raise AsyncConnectionError("connection closed by the FastDFS server mid-reply")
-        return data
-
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        # After a failure a reply may still be in flight: this connection is out of step for good.
-        await self._owner.give_back(self, reusable=exc_type is None)
-
-
-class _Pool:
-    """The few methods of aiofdfs's pool its clients call; reuses only clean connections, and
-    ``close_all`` also drops the ones in use (a stream closed mid-read stops there)."""
-
-    def __init__(
-        self, hosts: list[str], connect_timeout: float, network_timeout: float, keep: int
-    ) -> None:
-        self.hosts = hosts
-        self.connect_timeout = connect_timeout
-        self.network_timeout = network_timeout
-        self._keep = keep
-        self._idle: list[_Connection] = []
-        self._lent: set[_Connection] = set()
-
-    async def get_connection(self) -> _Connection:
-        while self._idle:
-            connection = self._idle.pop()
-            if await connection.is_connected():
-                self._lent.add(connection)
-                return connection
-            await connection.disconnect()
-        connection = _Connection(self.hosts, self)
-        await connection.connect()
-        self._lent.add(connection)
-        return connection
-
-    async def give_back(self, connection: _Connection, *, reusable: bool) -> None:
-        self._lent.discard(connection)
-        if reusable and len(self._idle) < self._keep and await connection.is_connected():
-            self._idle.append(connection)
-        else:
-            await connection.disconnect()
-
-    async def close_all(self) -> None:
-        connections = [*self._idle, *self._lent]
-        self._idle, self._lent = [], set()
-        for connection in connections:
-            await connection.disconnect()
-
-
-class _StorageClient(Async_Storage_Client):
-    """aiofdfs's storage protocol over one fresh, unpooled connection per request."""
-
-    def __init__(self, server: Storage_server, pool: _Pool) -> None:
-        ip = cast(bytes, server.ip_addr)
-        address = f"{ip.decode()}:{server.port}"
-        self.connections = _Pool([address], pool.connect_timeout, pool.network_timeout, keep=0)
-        # Duck-typed: aiofdfs only calls get_connection() and close_all() on its pool.
-        self.pool = cast(AsyncConnectionPool, self.connections)
-
-
-def _errno(exc: DataError) -> int | None:
-    match = _ERRNO.search(str(exc))
-    return int(match.group(1)) if match else None
-
-
-def translate(exc: Exception, stage: Stage) -> StorageError:
-    """Map what aiofdfs raised (one of ``AIOFDFS_ERRORS``), and at which stage, to ours."""
-    if isinstance(exc, DataError):
-        code = _errno(exc)
-        if code == 2 and stage == "storage":
-            return FileNotFound("No such file.")
-        if code == 2:  # the tracker: no ACTIVE storage in the group, or no such group
-            return BackendUnavailable("FastDFS has no storage server available for this group.")
-        if code == 28:
-            return StorageError("FastDFS storage is full.")
-        if code is None:  # aiofdfs wraps socket errors met while streaming as DataError
-            return BackendUnavailable("FastDFS connection failed; try again later.")
-        return StorageError(f"FastDFS refused the request (errno {code}).")
-    return BackendUnavailable("FastDFS is unreachable; try again later.")
 
 
 class _BodyReader:
@@ -224,7 +99,7 @@ def _metadata(obj: NewObject) -> dict[str, str]:
 class FastDFSStream:
     """A download in progress: the storage connection lives until the stream is closed."""
 
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], storage: _StorageClient) -> None:
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes], storage: StorageClient) -> None:
         self._first = first
         self._rest = rest
         self._storage = storage
@@ -259,12 +134,23 @@ class FastDFSStream:
                 await self._rest.aclose()
 
 
+async def open_fastdfs_backend(settings: Settings, stack: AsyncExitStack) -> FastDFSBackend:
+    """The FastDFS backend, its connections closed when ``stack`` closes."""
+    backend = FastDFSBackend(
+        settings.fastdfs_tracker_servers,
+        settings.fastdfs_connect_timeout,
+        settings.fastdfs_network_timeout,
+    )
+    stack.push_async_callback(backend.close)
+    return backend
+
+
 class FastDFSBackend:
     name = "fastdfs"
 
     def __init__(self, trackers: list[str], connect_timeout: float, network_timeout: float) -> None:
         """Must run inside the event loop that will use it (aiofdfs binds to the loop)."""
-        self._pool = _Pool(trackers, connect_timeout, network_timeout, keep=16)
+        self._pool = Pool(trackers, connect_timeout, network_timeout, keep=16)
         self._tracker = Async_Tracker_Client(cast(AsyncConnectionPool, self._pool), -1)
         self.deadline = connect_timeout + 2 * network_timeout
         """Seconds for one whole control operation (tracker query plus storage exchange)."""
@@ -278,7 +164,9 @@ class FastDFSBackend:
             async with asyncio.timeout(self.deadline):
                 yield
         except TimeoutError as exc:
-            raise BackendUnavailable("FastDFS did not answer in time; try again later.") from exc
+            raise BackendUnavailable(
+                "FastDFS did not answer in time; try again later.", backend="fastdfs"
+            ) from exc
 
     async def _step[T](self, stage: Stage, operation: Awaitable[T]) -> T:
         try:
@@ -286,8 +174,8 @@ class FastDFSBackend:
         except AIOFDFS_ERRORS as exc:
             raise translate(exc, stage) from exc
 
-    def _storage(self, server: Storage_server) -> _StorageClient:
-        return _StorageClient(server, self._pool)
+    def _storage(self, server: Storage_server) -> StorageClient:
+        return StorageClient(server, self._pool)
 
     async def _locate(self, ref: ObjectRef, *, update: bool) -> Storage_server:
         query = (
@@ -310,7 +198,9 @@ class FastDFSBackend:
             await header.send_header(connection)
             await header.recv_header(connection)
             if header.status != 0:
-                raise BackendUnavailable(f"FastDFS tracker answered errno {header.status}.")
+                raise BackendUnavailable(
+                    f"FastDFS tracker answered errno {header.status}.", backend="fastdfs"
+                )
 
     async def put(self, obj: NewObject, body: AsyncIterable[bytes]) -> ObjectInfo:
         records = _metadata(obj)

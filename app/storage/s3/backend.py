@@ -9,29 +9,22 @@ flight, aborted on any failure so no pending upload is left behind.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import re
 import zlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    ReadTimeoutError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 
+from app.settings import Settings
 from app.storage.base import ByteRange, NewObject, ObjectInfo, ObjectRef
-from app.storage.errors import BackendUnavailable, FileNotFound, StorageError
+from app.storage.s3 import metadata
+from app.storage.s3.client import open_clients
+from app.storage.s3.errors import error_code, translate_errors
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -41,71 +34,15 @@ else:
 PART_SIZE = 8 * 1024 * 1024
 PARTS_IN_FLIGHT = 2
 READ_CHUNK = 256 * 1024
-NAME_KEY = "filegate-name"
-CRC_KEY = "filegate-crc32"
-"""Known for single-part uploads only: a multipart upload's metadata is sent before its bytes."""
-
-_NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchBucket"}
-_UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError", "503", "500"}
-_DENIED = {
-    "AccessDenied",
-    "403",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "AllAccessDisabled",
-}
-_UNREACHABLE = (
-    EndpointConnectionError,
-    ConnectTimeoutError,
-    ReadTimeoutError,
-    ConnectionClosedError,
-    aiohttp.ClientError,
-    ConnectionError,
-    TimeoutError,
-)
-_ENCODED = re.compile(r"=\?utf-8\?b\?([A-Za-z0-9+/=]*)\?=", re.IGNORECASE)
 
 
-def encode_metadata_value(value: str) -> str:
-    """S3 user metadata travels as HTTP headers (ASCII): RFC 2047 ``B`` encoding where needed."""
-    plain = value.isascii() and value.isprintable() and value == value.strip()
-    if plain and _ENCODED.fullmatch(value) is None:
-        return value
-    return f"=?UTF-8?B?{base64.b64encode(value.encode()).decode()}?="
-
-
-def decode_metadata_value(value: str) -> str:
-    match = _ENCODED.fullmatch(value)
-    if match is None:
-        return value
-    try:
-        return base64.b64decode(match.group(1), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return value
-
-
-@contextmanager
-def translate_errors(*, writing: bool = False) -> Iterator[None]:
-    """Turn botocore and aiohttp failures into the project's ``StorageError`` classes."""
-    try:
-        yield
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-        if code == "NoSuchBucket" and writing:
-            raise StorageError("The storage bucket does not exist.") from exc
-        if code in _NOT_FOUND:
-            raise FileNotFound("No such file.") from exc
-        if code in _UNAVAILABLE or status >= 500:
-            raise BackendUnavailable("S3 is unavailable; try again later.") from exc
-        if code in _DENIED or status == 403:
-            raise StorageError("S3 refused the request: check the service's credentials.") from exc
-        raise StorageError(f"S3 request failed ({code or status}).") from exc
-    except _UNREACHABLE as exc:
-        raise BackendUnavailable("S3 is unreachable; try again later.") from exc
-    except BotoCoreError as exc:
-        raise StorageError("S3 request failed.") from exc
+async def open_s3_backend(settings: Settings, stack: AsyncExitStack) -> S3Backend:
+    """The S3 backend with its clients open until ``stack`` closes."""
+    write, read = await open_clients(settings, stack)
+    backend = S3Backend(write, read, probe_bucket=settings.s3_default_bucket)
+    if settings.s3_create_bucket:
+        await backend.ensure_bucket(settings.s3_default_bucket, settings.s3_region)
+    return backend
 
 
 class S3Stream:
@@ -156,7 +93,7 @@ class S3Backend:
             await self._write.head_bucket(Bucket=bucket)
             return
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code")) not in {"404", "NoSuchBucket"}:
+            if error_code(exc) not in {"404", "NoSuchBucket"}:
                 with translate_errors(writing=True):
                     raise
         with translate_errors(writing=True):
@@ -171,14 +108,11 @@ class S3Backend:
     async def put(self, obj: NewObject, body: AsyncIterable[bytes]) -> ObjectInfo:
         parts = _split(body, self._part_size)
         first = await anext(parts, bytearray())
-        extra: dict[str, Any] = {
-            "ContentType": obj.content_type,
-            "Metadata": _encode_metadata(obj),
-        }
+        extra: dict[str, Any] = {"ContentType": obj.content_type, "Metadata": metadata.encode(obj)}
         crc32: int | None = None
         if len(first) < self._part_size:  # the whole body fitted in one part
             crc32 = await anyio.to_thread.run_sync(zlib.crc32, first)
-            extra["Metadata"][CRC_KEY] = f"{crc32:08x}"
+            extra["Metadata"] = metadata.encode(obj, crc32)
             with translate_errors(writing=True):
                 answer = await self._write.put_object(
                     Bucket=obj.ref.bucket, Key=obj.ref.key, Body=bytes(first), **extra
@@ -270,7 +204,7 @@ class S3Backend:
     async def head(self, ref: ObjectRef) -> ObjectInfo:
         with translate_errors():
             answer = await self._read.head_object(Bucket=ref.bucket, Key=ref.key)
-        return _info(ref, answer, answer["ContentLength"])
+        return metadata.object_info(ref, answer, answer["ContentLength"])
 
     async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> S3Stream:
         extra: dict[str, Any] = {}
@@ -284,7 +218,7 @@ class S3Backend:
         """One GET instead of HEAD + GET: a GET answer carries everything a HEAD does."""
         with translate_errors():
             answer = await self._read.get_object(Bucket=ref.bucket, Key=ref.key)
-        return _info(ref, answer, answer["ContentLength"]), S3Stream(answer["Body"])
+        return metadata.object_info(ref, answer, answer["ContentLength"]), S3Stream(answer["Body"])
 
     async def presign(
         self, ref: ObjectRef, expires_in: int, *, content_disposition: str, content_type: str
@@ -310,33 +244,6 @@ class S3Backend:
         """``head_bucket`` on the default bucket, with the read pair."""
         with translate_errors():
             await self._read.head_bucket(Bucket=self._probe_bucket)
-
-
-def _encode_metadata(obj: NewObject) -> dict[str, str]:
-    encoded = {key: encode_metadata_value(value) for key, value in obj.metadata.items()}
-    encoded[NAME_KEY] = encode_metadata_value(obj.file_name)
-    return encoded
-
-
-def _info(ref: ObjectRef, answer: Any, size: int) -> ObjectInfo:
-    raw: dict[str, str] = answer.get("Metadata") or {}
-    metadata = {
-        k: decode_metadata_value(v) for k, v in raw.items() if not k.startswith("filegate-")
-    }
-    name = decode_metadata_value(raw[NAME_KEY]) if NAME_KEY in raw else None
-    crc = raw.get(CRC_KEY, "")
-    last_modified: datetime = answer["LastModified"].astimezone(UTC)
-    return ObjectInfo(
-        ref=ref,
-        size=size,
-        etag=answer.get("ETag") or '""',
-        last_modified=last_modified,
-        file_name=name,
-        content_type=answer.get("ContentType"),
-        storage_class=answer.get("StorageClass") or "STANDARD",
-        metadata=metadata,
-        crc32=int(crc, 16) if re.fullmatch(r"[0-9a-f]{8}", crc) else None,
-    )
 
 
 async def _split(body: AsyncIterable[bytes], size: int) -> AsyncIterator[bytearray]:

@@ -1,0 +1,187 @@
+"""The download routes: GET and HEAD of a file (with a key or through a signed link), and the
+creation of signed links. What to answer is decided by ``app.api.decision`` before any byte."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from app.access import LinkTerms, Principal
+from app.api.auth import KeyringDep, PresentedKeyDep, PrincipalDep, SignerDep
+from app.api.decision import decide, disposition, is_plain
+from app.api.deps import FileIdDep, FilesDep
+from app.api.errors import declare
+from app.api.responses import ObjectStreamResponse
+from app.api.schemas import Link, LinkRequest
+from app.errors import (
+    FileNotFound,
+    Forbidden,
+    InvalidArgument,
+    LinkInvalid,
+    RangeNotSatisfiable,
+)
+from app.storage.ids import FileId
+from app.storage.stored import content_type_for
+from app.storage.validation import check_file_name
+
+router = APIRouter(prefix="/files", tags=["files"])
+
+S3_MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+
+InlineQuery = Annotated[
+    bool, Query(description="Content-Disposition: inline instead of attachment.")
+]
+FilenameQuery = Annotated[str | None, Query(description="Download under this name instead.")]
+ExpiresQuery = Annotated[
+    int | None, Query(description="Signed links: Unix time until which the link is valid.")
+]
+SignatureQuery = Annotated[
+    str | None, Query(description="Signed links: the signature; no API key is needed then.")
+]
+_DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "The file",
+    },
+    206: {"description": "The requested byte range"},
+    304: {"description": "Not modified (If-None-Match / If-Modified-Since)"},
+    **declare(InvalidArgument, Forbidden, FileNotFound, RangeNotSatisfiable),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """Who downloads which file, and how it is to be served."""
+
+    principal: Principal
+    file_id: FileId
+    inline: bool
+    filename: str | None
+
+
+async def admit_download(
+    file_id: FileIdDep,
+    keyring: KeyringDep,
+    presented: PresentedKeyDep,
+    signer: SignerDep,
+    inline: InlineQuery = False,
+    filename: FilenameQuery = None,
+    expires: ExpiresQuery = None,
+    signature: SignatureQuery = None,
+) -> Admitted:
+    """A key, or a signed link for exactly this id, expiry and these options; a signed link's
+    principal may read this one file only."""
+    if filename is not None:
+        check_file_name(filename)
+    if expires is None and signature is None:
+        principal = keyring.authenticate(presented)
+    elif expires is None or signature is None:
+        raise LinkInvalid(
+            "A signed link needs both 'expires' and 'signature'.", file_id=str(file_id)
+        )
+    else:
+        signer.verify(LinkTerms(str(file_id), expires, filename, inline), signature)
+        principal = Principal.for_link(file_id)
+    return Admitted(principal, file_id, inline, filename)
+
+
+AdmittedDep = Annotated[Admitted, Depends(admit_download)]
+
+
+@router.get(
+    "/{file_id:path}/download",
+    operation_id="download_file",
+    response_class=StreamingResponse,
+    responses=_DOWNLOAD_RESPONSES,
+)
+async def download_file(request: Request, files: FilesDep, admitted: AdmittedDep) -> Response:
+    """Download a file, or one byte range of it (with an API key, or through a signed link)."""
+    if is_plain(request.headers):
+        # Nothing to decide before the body: one round trip where the backend can (S3: one GET).
+        stored, stream = await files.fetch(admitted.principal, admitted.file_id)
+        try:
+            name = admitted.filename or stored.name
+            decision = decide(stored.info, name, inline=admitted.inline, request_headers={})
+        except BaseException:
+            await stream.aclose()
+            raise
+    else:
+        stored = await files.info(admitted.principal, admitted.file_id)
+        name = admitted.filename or stored.name
+        decision = decide(
+            stored.info, name, inline=admitted.inline, request_headers=request.headers
+        )
+        if not decision.has_body:
+            return Response(status_code=decision.status, headers=decision.headers)
+        stream = await files.open(admitted.principal, stored, decision.byte_range)
+    return ObjectStreamResponse(
+        stream,
+        str(stored.file_id),
+        status_code=decision.status,
+        headers=decision.headers,
+        media_type=decision.media_type,
+    )
+
+
+@router.head(
+    "/{file_id:path}/download",
+    operation_id="download_file_head",
+    response_class=Response,
+    responses=_DOWNLOAD_RESPONSES,
+)
+async def download_file_head(request: Request, files: FilesDep, admitted: AdmittedDep) -> Response:
+    """The headers a download would send, without the body."""
+    stored = await files.info(admitted.principal, admitted.file_id)
+    name = admitted.filename or stored.name
+    decision = decide(stored.info, name, inline=admitted.inline, request_headers=request.headers)
+    media_type = decision.media_type if decision.has_body else None
+    return Response(status_code=decision.status, headers=decision.headers, media_type=media_type)
+
+
+@router.post(
+    "/{file_id:path}/link",
+    operation_id="create_link",
+    response_model=Link,
+    responses=declare(InvalidArgument, Forbidden, FileNotFound),
+)
+async def create_link(
+    file_id: FileIdDep,
+    body: LinkRequest,
+    request: Request,
+    files: FilesDep,
+    principal: PrincipalDep,
+    signer: SignerDep,
+) -> Link:
+    """A download URL that works without a key until it expires (for <a href> and <img src>)."""
+    limit = signer.max_expires_in
+    if body.direct:
+        limit = min(limit, S3_MAX_PRESIGN_SECONDS)
+    elif not signer.enabled:
+        raise LinkInvalid(
+            "Signed links are not configured: set SIGNING_SECRET.", file_id=str(file_id)
+        )
+    if body.expires_in > limit:
+        raise InvalidArgument(f"expires_in may be at most {limit} s.")
+    if body.filename:
+        check_file_name(body.filename)
+    stored = await files.info(principal, file_id)
+    name = body.filename or stored.name
+    expires = int(time.time()) + body.expires_in
+    if body.direct:
+        media_type = content_type_for(name, stored.info.content_type)
+        url = await files.presign(
+            principal,
+            stored,
+            body.expires_in,
+            content_disposition=disposition(name, media_type, body.inline),
+            content_type=media_type,
+        )
+    else:
+        terms = LinkTerms(str(stored.file_id), expires, body.filename, body.inline)
+        url = signer.url(terms, str(request.base_url))
+    return Link(url=url, expires_at=datetime.fromtimestamp(expires, UTC))

@@ -1,0 +1,196 @@
+"""The upload routes: one file or several as a form, or one file as the raw request body.
+
+The routes only turn HTTP into ``UploadRequest`` values and body streams; the service checks the
+caller, the names, types, sizes, buckets and metadata, and stores all of it or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.api.auth import PrincipalDep
+from app.api.deps import FilesDep
+from app.api.errors import declare
+from app.api.multipart import FormStream
+from app.api.schemas import FileAttach
+from app.errors import (
+    BucketNotAllowed,
+    FileTooLarge,
+    Forbidden,
+    InvalidArgument,
+    RequestTimeout,
+    TooManyFiles,
+)
+from app.storage.service import FileService, UploadRequest
+from app.storage.stored import StoredFile
+
+router = APIRouter(prefix="/files", tags=["files"])
+
+FORM_FIELDS = ("folder", "bucket", "metadata")
+META_HEADER = "x-meta-"
+UPLOAD_ERRORS = declare(InvalidArgument, Forbidden, BucketNotAllowed, RequestTimeout, FileTooLarge)
+
+
+def _form_body(file_field: str, many: bool) -> dict[str, Any]:
+    file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
+    properties: dict[str, Any] = {
+        file_field: {"type": "array", "items": file_schema} if many else file_schema,
+        "folder": {"type": "string", "description": "Relative folder, e.g. reports/2026."},
+        "bucket": {"type": "string", "description": "A bucket from the allowlist."},
+        "metadata": {"type": "string", "description": 'JSON object, e.g. {"author": "john"}.'},
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "Put folder, bucket and metadata before the file parts.",
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": [file_field], "properties": properties}
+                }
+            },
+        }
+    }
+
+
+def _created(stored: list[StoredFile], many: bool) -> JSONResponse:
+    attaches = [FileAttach.of(item).model_dump() for item in stored]
+    headers = {} if many else {"Location": f"/files/{quote(attaches[0]['file_id'])}/info"}
+    return JSONResponse(attaches if many else attaches[0], status_code=201, headers=headers)
+
+
+def _declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value and value.isdigit() else None
+
+
+def _header_text(value: str) -> str:
+    """Header bytes arrive as latin-1; clients such as curl send UTF-8."""
+    raw = value.encode("latin-1")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return value
+
+
+def _parse_metadata(raw: str | None) -> Mapping[str, object]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidArgument("metadata must be a JSON object of strings.") from exc
+    if not isinstance(value, dict):
+        raise InvalidArgument("metadata must be a JSON object of strings.")
+    return value
+
+
+async def _receive_form(
+    request: Request, files: FileService, principal: PrincipalDep, file_field: str, many: bool
+) -> list[StoredFile]:
+    """Hand every file part of the form to the service as it arrives; all of them or none."""
+    uploads = files.uploads(principal, single=not many, form_length=_declared_length(request))
+    form = FormStream(request.stream(), request.headers.get("content-type"))
+    fields: dict[str, str] = {}
+    async with uploads:
+        async for part in form.parts():
+            if part.filename is None and part.name in FORM_FIELDS:
+                if uploads.stored:
+                    raise InvalidArgument(
+                        f"Form field {part.name!r} came after a file: send folder, bucket and "
+                        "metadata before the file parts (curl -F folder=x -F file=@f)."
+                    )
+                fields[part.name] = await form.text()
+            elif part.filename is not None and part.name == file_field:
+                wanted = UploadRequest(
+                    part.filename,
+                    folder=fields.get("folder"),
+                    bucket=fields.get("bucket"),
+                    content_type=part.content_type,
+                    metadata=_parse_metadata(fields.get("metadata")),
+                )
+                await uploads.add(wanted, form.data())
+            else:
+                raise InvalidArgument(
+                    f"Unexpected form field {part.name!r}: expected {file_field!r}, "
+                    "folder, bucket or metadata."
+                )
+        if not uploads.stored:
+            raise InvalidArgument(f"The form has no {file_field!r} file field.")
+    return uploads.stored
+
+
+@router.post(
+    "/upload",
+    operation_id="upload_file",
+    status_code=201,
+    response_model=FileAttach,
+    responses=UPLOAD_ERRORS,
+    openapi_extra=_form_body("file", many=False),
+)
+async def upload_file(request: Request, files: FilesDep, principal: PrincipalDep) -> JSONResponse:
+    """Upload one file (multipart/form-data), streamed to storage as it arrives."""
+    stored = await _receive_form(request, files, principal, "file", many=False)
+    return _created(stored, many=False)
+
+
+@router.post(
+    "/batch-upload",
+    operation_id="batch_upload",
+    status_code=201,
+    response_model=list[FileAttach],
+    responses=declare(
+        InvalidArgument, Forbidden, BucketNotAllowed, RequestTimeout, FileTooLarge, TooManyFiles
+    ),
+    openapi_extra=_form_body("files", many=True),
+)
+async def batch_upload(request: Request, files: FilesDep, principal: PrincipalDep) -> JSONResponse:
+    """Upload several files at once (at most MAX_BATCH_FILES): all of them are stored, or none."""
+    stored = await _receive_form(request, files, principal, "files", many=True)
+    return _created(stored, many=True)
+
+
+@router.put(
+    "/upload/{file_name:path}",
+    operation_id="upload_raw",
+    status_code=201,
+    response_model=FileAttach,
+    responses=UPLOAD_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "The raw file; X-Meta-<name> headers become metadata.",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def upload_raw(
+    file_name: str,
+    request: Request,
+    files: FilesDep,
+    principal: PrincipalDep,
+    folder: str | None = None,
+    bucket: str | None = None,
+) -> JSONResponse:
+    """Upload one file sent as the raw request body (``curl -T``)."""
+    metadata = {
+        name.removeprefix(META_HEADER): _header_text(value)
+        for name, value in request.headers.items()
+        if name.startswith(META_HEADER)
+    }
+    wanted = UploadRequest(
+        file_name,
+        folder=folder,
+        bucket=bucket,
+        content_type=request.headers.get("content-type"),
+        metadata=metadata,
+        size=_declared_length(request),
+    )
+    return _created([await files.upload(principal, wanted, request.stream())], many=False)

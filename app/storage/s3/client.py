@@ -1,0 +1,89 @@
+"""Opening the S3 clients for the life of the process: one write pair, one optional read pair.
+
+Only aioboto3's and botocore's public API: the botocore session is created here and handed to
+aioboto3, so its parser factory can be given a faster timestamp parser.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+import aioboto3
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from botocore.utils import parse_timestamp
+
+from app.settings import Settings, reveal
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+else:
+    S3Client = Any
+
+
+def _config(settings: Settings) -> AioConfig:
+    return AioConfig(
+        s3={
+            "addressing_style": settings.s3_addressing_style,
+            # No SHA-256 of every body in Python (botocore would hash each upload part, even over
+            # HTTPS when no Content-MD5 is sent): TLS protects the bytes in transit.
+            "payload_signing_enabled": False,
+        },
+        signature_version="s3v4",  # presigned URLs too (botocore would presign with SigV2)
+        connect_timeout=5,
+        read_timeout=60,
+        retries={"mode": "standard", "max_attempts": 3},
+        max_pool_connections=64,
+        parameter_validation=False,  # our own calls, always well-formed; saves time per call
+        # Third-party S3 servers do not all accept the newer default CRC trailers.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
+def _parse_timestamp(value: str) -> datetime:
+    """S3 sends RFC 7231 dates in headers and ISO 8601 in XML; the standard library parses both
+    in a fraction of the time dateutil takes (a tenth of a HEAD's CPU time here)."""
+    try:
+        parsed = parsedate_to_datetime(value) if "," in value else datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        fallback: datetime = parse_timestamp(value)
+        return fallback
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def botocore_session() -> AioSession:
+    session = get_session()
+    factory = session.get_component("response_parser_factory")
+    factory.set_parser_defaults(timestamp_parser=_parse_timestamp)
+    return session
+
+
+async def open_clients(settings: Settings, stack: AsyncExitStack) -> tuple[S3Client, S3Client]:
+    """The write client and the read client (the same one unless a read pair is configured)."""
+    session = aioboto3.Session(botocore_session=botocore_session())
+    config = _config(settings)
+
+    async def client(key_id: str | None, secret: str | None) -> S3Client:
+        credentials: dict[str, Any] = {}
+        if key_id and secret:  # otherwise boto's default credential chain
+            credentials = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
+        opened: S3Client = await stack.enter_async_context(
+            session.client(
+                "s3",
+                endpoint_url=settings.s3_endpoint,
+                region_name=settings.s3_region,
+                config=config,
+                **credentials,
+            )
+        )
+        return opened
+
+    write = await client(settings.s3_access_key_id, reveal(settings.s3_secret_access_key))
+    if not settings.s3_read_access_key_id:
+        return write, write
+    read = await client(settings.s3_read_access_key_id, reveal(settings.s3_read_secret_access_key))
+    return write, read

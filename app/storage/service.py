@@ -1,0 +1,252 @@
+"""The service: every file operation, authorized, routed and held to the deployment's rules.
+
+Routers call these methods and nothing else of storage. Each method takes the caller (a
+``Principal``) and parsed ``FileId`` values, checks the caller's scope and places first, then the
+route (storage mode, bucket allowlist, switches), then the upload policy, and only then touches a
+backend. So a route cannot skip authorization: it has no other way to reach a file.
+(docs/architecture.md, "The service".)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import anyio
+
+from app.access import Principal
+from app.errors import FilegateError, InvalidArgument, StorageError
+from app.storage.base import (
+    Backend,
+    ByteRange,
+    EmptyStream,
+    Fetcher,
+    NewObject,
+    ObjectRef,
+    ObjectStream,
+    Presigner,
+)
+from app.storage.fusion import Routes
+from app.storage.ids import FileId, new_key
+from app.storage.stored import StoredFile, content_type_for
+from app.storage.validation import UploadPolicy, check_file_name, check_folder, check_metadata
+from app.storage.zip import Compression, ZipLimits, ZipRequest, ZipStream, check_count, plan
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def concerning(file_id: FileId | None) -> Iterator[None]:
+    """Name ``file_id`` on an error that does not name a file yet (a backend knows only keys)."""
+    try:
+        yield
+    except FilegateError as exc:
+        if exc.file_id is None and file_id is not None:
+            exc.file_id = str(file_id)
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRequest:
+    """What a client asks to store, before any of it is checked."""
+
+    file_name: str
+    folder: str | None = None
+    bucket: str | None = None
+    content_type: str | None = None
+    metadata: Mapping[str, object] = field(default_factory=dict)
+    size: int | None = None
+    """The body's length when the client declared it."""
+
+
+class FileService:
+    """Authorizes, routes and checks every file operation (the routers' only dependency)."""
+
+    def __init__(self, routes: Routes, policy: UploadPolicy, zip_limits: ZipLimits) -> None:
+        self.routes = routes
+        self.policy = policy
+        self.zip_limits = zip_limits
+
+    async def info(self, principal: Principal, file_id: FileId) -> StoredFile:
+        """What is known of a file (read scope)."""
+        principal.check("read", file_id)
+        target = self.routes.target(file_id)
+        with concerning(file_id):
+            return StoredFile(file_id, await target.backend.head(file_id.ref))
+
+    async def open(
+        self, principal: Principal, stored: StoredFile, byte_range: ByteRange | None
+    ) -> ObjectStream:
+        """Start reading a file found by ``info``; an empty file needs no backend."""
+        principal.check("read", stored.file_id)
+        target = self.routes.target(stored.file_id)
+        if stored.info.size == 0:
+            return EmptyStream()
+        with concerning(stored.file_id):
+            return await target.backend.open(stored.file_id.ref, byte_range)
+
+    async def fetch(self, principal: Principal, file_id: FileId) -> tuple[StoredFile, ObjectStream]:
+        """``info`` and ``open`` of the whole file, in one backend round trip where it can."""
+        principal.check("read", file_id)
+        backend = self.routes.target(file_id).backend
+        if not isinstance(backend, Fetcher):
+            stored = await self.info(principal, file_id)
+            return stored, await self.open(principal, stored, None)
+        with concerning(file_id):
+            info, stream = await backend.fetch(file_id.ref)
+        return StoredFile(file_id, info), stream
+
+    async def presign(
+        self,
+        principal: Principal,
+        stored: StoredFile,
+        expires_in: int,
+        *,
+        content_disposition: str,
+        content_type: str,
+    ) -> str:
+        """A URL the file's own storage serves; ``InvalidArgument`` where there is none."""
+        principal.check("read", stored.file_id)
+        backend = self.routes.target(stored.file_id).backend
+        if not isinstance(backend, Presigner):
+            raise InvalidArgument(
+                f"Direct links exist for S3 files only, not {backend.name}.",
+                file_id=str(stored.file_id),
+            )
+        with concerning(stored.file_id):
+            return await backend.presign(
+                stored.file_id.ref,
+                expires_in,
+                content_disposition=content_disposition,
+                content_type=content_type,
+            )
+
+    async def delete(self, principal: Principal, file_id: FileId) -> None:
+        """Delete a file (delete scope); one that is already gone is not an error."""
+        principal.check("delete", file_id)
+        target = self.routes.target(file_id, deleting=True)
+        with concerning(file_id):
+            await target.backend.delete(file_id.ref)
+
+    def _new_object(self, principal: Principal, request: UploadRequest) -> tuple[FileId, NewObject]:
+        """Check everything known before the first byte and choose the new file's id."""
+        principal.require("write")
+        name = check_file_name(request.file_name)
+        self.policy.check_type(name)
+        self.policy.check_declared_size(request.size)
+        folder = check_folder(request.folder)
+        backend_name, target = self.routes.upload_to, self.routes.uploads
+        if request.bucket and not target.buckets:
+            raise InvalidArgument(f"{backend_name} chooses where files go: omit 'bucket'.")
+        bucket = request.bucket or target.default_bucket
+        file_id = FileId(backend_name, ObjectRef(bucket, new_key(folder, name)))
+        principal.check("write", file_id)
+        self.routes.target(file_id)  # the bucket allowlist
+        new = NewObject(
+            ref=file_id.ref,
+            file_name=name,
+            content_type=content_type_for(name, request.content_type),
+            metadata=check_metadata(request.metadata),
+            size=request.size,
+        )
+        return file_id, new
+
+    async def upload(
+        self, principal: Principal, request: UploadRequest, body: AsyncIterable[bytes]
+    ) -> StoredFile:
+        """Store one file (write scope): everything is checked before the first byte is read,
+        and the body is stored completely or not at all."""
+        file_id, new = self._new_object(principal, request)
+        backend = self.routes.targets[file_id.backend].backend
+        info = await backend.put(new, self.policy.limit(body))
+        # FastDFS names the file itself; the other backends store it where they were asked.
+        return StoredFile(FileId(file_id.backend, info.ref), info)
+
+    def uploads(
+        self, principal: Principal, *, single: bool, form_length: int | None = None
+    ) -> Uploads:
+        """Several uploads in one request, all stored or none (``async with``)."""
+        principal.require("write")
+        if single:
+            self.policy.check_declared_form(form_length)
+        return Uploads(self, principal, single)
+
+    async def zip(
+        self, principal: Principal, requests: Sequence[ZipRequest], compression: Compression
+    ) -> ZipStream:
+        """Check every file of a zip before its first byte (read scope on each)."""
+        check_count(len(requests), self.zip_limits)
+        for request in requests:  # 403 for any of them before any backend is asked
+            principal.check("read", request.file_id)
+            self.routes.target(request.file_id)
+
+        async def describe(file_id: FileId) -> StoredFile:
+            return await self.info(principal, file_id)
+
+        async def open_whole(stored: StoredFile) -> ObjectStream:
+            return await self.open(principal, stored, None)
+
+        entries = await plan(requests, describe, self.zip_limits)
+        return ZipStream(open_whole, entries, compression)
+
+    async def readiness(self, seconds_each: float) -> dict[str, tuple[bool, float, str | None]]:
+        """Check every enabled backend at once: name -> (ok, latency in ms, problem).
+
+        Operational, not a file operation: it needs no principal and reads no file.
+        """
+
+        async def probe(backend: Backend) -> tuple[bool, float, str | None]:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(seconds_each):
+                    await backend.check()
+            except (StorageError, TimeoutError) as exc:
+                problem = exc.detail if isinstance(exc, StorageError) else "no answer in time"
+                return False, (time.perf_counter() - started) * 1000, problem
+            return True, (time.perf_counter() - started) * 1000, None
+
+        names = list(self.routes.targets)
+        results = await asyncio.gather(*(probe(self.routes.targets[n].backend) for n in names))
+        return dict(zip(names, results, strict=True))
+
+
+class Uploads:
+    """Files stored by one request; if the request fails, they are deleted again."""
+
+    def __init__(self, service: FileService, principal: Principal, single: bool) -> None:
+        self._service = service
+        self._principal = principal
+        self._single = single
+        self.stored: list[StoredFile] = []
+
+    async def add(self, request: UploadRequest, body: AsyncIterable[bytes]) -> StoredFile:
+        if self.stored and self._single:
+            raise InvalidArgument("One file per request: use /files/batch-upload.")
+        self._service.policy.check_batch_count(len(self.stored) + 1)
+        stored = await self._service.upload(self._principal, request, body)
+        self.stored.append(stored)
+        return stored
+
+    async def __aenter__(self) -> Uploads:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            return
+        with anyio.CancelScope(shield=True):
+            for item in self.stored:
+                backend = self._service.routes.targets[item.file_id.backend].backend
+                try:
+                    await backend.delete(item.file_id.ref)
+                except StorageError as error:
+                    log.error("batch rollback could not delete %s: %s", item.file_id, error)

@@ -1,0 +1,30 @@
+"""A file as the service sees it: its id together with what its backend knows of it."""
+
+from __future__ import annotations
+
+import mimetypes
+from dataclasses import dataclass
+
+from app.storage.base import ObjectInfo
+from app.storage.ids import FileId
+
+GENERIC_TYPE = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    file_id: FileId
+    info: ObjectInfo
+
+    @property
+    def name(self) -> str:
+        """The original name as uploaded, else the last segment of the key."""
+        return self.info.file_name or self.file_id.ref.key.rsplit("/", 1)[-1]
+
+
+def content_type_for(name: str, given: str | None) -> str:
+    """The client's content type, else one guessed from the name, else a generic one."""
+    if given and given.split(";")[0].strip().lower() != GENERIC_TYPE:
+        return given
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or given or GENERIC_TYPE
