@@ -34,7 +34,7 @@ def _split_commas(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    """Every setting of API.md; field ``foo_bar`` is the variable ``FOO_BAR``."""
+    """Every setting (docs/api.md, .env.example); field ``foo_bar`` is the variable ``FOO_BAR``."""
 
     model_config = SettingsConfigDict(
         env_file=".env",

@@ -23,6 +23,7 @@ writes it with a line describing the machine to ``bench/results.md`` (``--out``)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -127,7 +128,7 @@ class Bench:
         self.zip_ids = [service.upload(part, f"part{i}.bin") for i in range(self.args.zip_files)]
 
     def zip(self, service: Service) -> None:
-        total = self.args.zip_files * self.args.zip_mib
+        total: int = self.args.zip_files * self.args.zip_mib
         urls = [self.presign("get_object", fid.split("/", 1)[1]) for fid in self.zip_ids]
         sequential: list[str] = []
         for url in urls:
@@ -165,7 +166,7 @@ class Bench:
             self.record(f"small {kind} direct p99", load.p99_ms)
             name = f"small {kind}{label}"
             mine = self.phase(
-                service, name, lambda u=through, s=script: _wrk(u, a.seconds, a.connections, s)
+                service, name, functools.partial(_wrk, through, a.seconds, a.connections, script)
             )
             self.record(f"{name} filegate", mine.rps)
             self.record(f"{name} filegate p99", mine.p99_ms)

@@ -7,7 +7,7 @@ once against SeaweedFS, through the real lifespan, in a bucket (or directory) of
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,9 +153,6 @@ class Storage:
                 return data
 
 
-MakeClient = Callable[..., Awaitable[httpx.AsyncClient]]
-
-
 @pytest.fixture
 def fastdfs(tmp_path: Path) -> Iterator[FastDFS]:
     """A FastDFS tracker + storage emulator of this test's own, on free loopback ports."""
@@ -187,7 +184,11 @@ def local_service(tmp_path: Path) -> Iterator[Service]:
 
 @pytest.fixture(params=["local", "s3", "fastdfs", "hybrid"])
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    mode = request.param
+    return await make_storage(request.param, request, tmp_path)
+
+
+async def make_storage(mode: str, request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    """The storage of one mode for this test: a directory, an emulator or a fresh bucket."""
     if mode == "local":
         return Storage(mode, "local", "files", root=tmp_path / "data")
     if mode == "fastdfs":

@@ -1,4 +1,4 @@
-"""A protocol-level FastDFS tracker and storage for tests (FASTDFS.md, part one).
+"""A protocol-level FastDFS tracker and storage for tests (docs/fastdfs.md, "The wire protocol").
 
 Speaks the real wire format over TCP on loopback: 10-byte headers, header-only error replies with a
 Linux errno, the 40/39-byte IPv4 query replies, generated 44-character remote file names, sorted

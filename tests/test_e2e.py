@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -38,7 +38,7 @@ def stored_files(root: Path) -> list[str]:
 
 
 @pytest.fixture
-async def s3_service(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[Service, str]]:
+async def s3_service(seaweed: SeaweedFS, tmp_path: Path) -> AsyncIterator[tuple[Service, str]]:
     bucket = await created_bucket(seaweed.endpoint)
     service = Service(seaweed.service_env(bucket))
     service.start(tmp_path)
@@ -127,9 +127,10 @@ def test_disconnect_mid_upload_leaves_nothing_on_disk(
     root = tmp_path / "data"
     assert _eventually(lambda: stored_files(root / "files") == [])
     assert stored_files(root / ".filegate-meta") == []
-    assert local_service.log_path is not None
-    assert _eventually(lambda: "client went away" in local_service.log_path.read_text())
-    assert "Traceback" not in local_service.log_path.read_text()  # not a crash
+    log = local_service.log_path
+    assert log is not None
+    assert _eventually(lambda: "client went away" in log.read_text())
+    assert "Traceback" not in log.read_text()  # not a crash
 
 
 async def test_disconnect_mid_upload_aborts_the_multipart_upload(
@@ -304,8 +305,9 @@ def test_a_client_that_stops_reading_is_cut_off(tmp_path: Path) -> None:
             while chunk := sock.recv(MiB):
                 received += len(chunk)
         assert 0 < received < 64 * MiB  # the connection ended early, not with the whole file
-        assert service.log_path is not None
-        assert _eventually(lambda: "aborted mid-stream" in service.log_path.read_text())
+        log = service.log_path
+        assert log is not None
+        assert _eventually(lambda: "aborted mid-stream" in log.read_text())
         # and the service still serves
         assert curl("-f", "-o", "/dev/null", f"{service.url}/healthz").returncode == 0
     finally:

@@ -218,7 +218,7 @@ async def test_every_connection_failure_is_503_within_the_deadline(
 def test_eof_mid_download_fails_the_transfer_without_freezing_the_loop(
     fastdfs: FastDFS, fastdfs_service: Service, tmp_path: Path
 ) -> None:
-    """aiofdfs alone spins forever on this EOF with the event loop blocked (its bug 6)."""
+    """aiofdfs alone spins forever on this EOF with the event loop blocked (docs/fastdfs.md, D1)."""
     service = fastdfs_service
     source = tmp_path / "a.bin"
     source.write_bytes(os.urandom(4 * MiB))
@@ -236,7 +236,7 @@ def test_eof_mid_download_fails_the_transfer_without_freezing_the_loop(
 
 
 async def test_tracker_connection_is_not_reused_after_a_timeout(fastdfs: FastDFS) -> None:
-    """A late reply must never be read as the answer to the next request (aiofdfs bug 7)."""
+    """A late reply must never be read as the answer to the next request (docs/fastdfs.md, D2)."""
     async with serve(fdfs_only(fastdfs)) as client:
         file_id = (await client.post("/files/upload", files={"file": ("a.txt", b"abc")})).json()[
             "file_id"
@@ -284,7 +284,7 @@ async def test_failed_uploads_leave_nothing(fastdfs: FastDFS) -> None:
 
 
 def test_emulator_speaks_the_wire_protocol(fastdfs: FastDFS) -> None:
-    """Byte layouts from FASTDFS.md, checked over a raw socket."""
+    """Byte layouts of docs/fastdfs.md, checked over a raw socket."""
     header = struct.Struct("!QBB")
 
     def exchange(port: int, cmd: int, body: bytes, status: int = 0) -> tuple[int, int, bytes]:

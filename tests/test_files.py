@@ -129,7 +129,7 @@ async def test_raw_put_stores_body_type_and_meta_headers(
         f"/files/upload/{quote('naïve data.bin')}",
         params={"folder": "raw"},
         content=data,
-        headers={"Content-Type": "application/x-custom", "X-Meta-Source": "cürl".encode()},
+        headers=[(b"Content-Type", b"application/x-custom"), (b"X-Meta-Source", "cürl".encode())],
     )
     assert response.status_code == 201, response.text
     attach = response.json()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
 
 from app.settings import Settings
@@ -109,5 +108,6 @@ async def test_validation_errors_are_400_not_422(tmp_path: Any) -> None:
     async with serve(Settings(_env_file=None, local_root=tmp_path)) as client:
         response = await client.get("/files/local:files/x_y/download?inline=perhaps")
     assert response.status_code == 400
-    assert response.json()["code"] == "invalid_argument"
-    assert isinstance(response, httpx.Response)
+    body = response.json()
+    assert body["code"] == "invalid_argument"
+    assert "inline" in body["detail"]  # names the parameter that was wrong

@@ -64,11 +64,13 @@ async def test_zip_contents_are_byte_equal(
         assert archive.read(name) == data
         info = archive.getinfo(name)
         assert info.flag_bits & 0x800  # UTF-8 names flagged
-        expected = zipfile.ZIP_DEFLATED if compression == "deflate" else None
-        if expected is not None:
-            assert info.compress_type == expected
-    if compression == "stored" and storage.backend in ("local", "fastdfs"):  # CRC known: STORE
-        assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_STORED}
+        if compression == "deflate":
+            assert info.compress_type == zipfile.ZIP_DEFLATED
+        elif storage.backend == "s3" and len(data) >= 8 * MiB:  # multipart: CRC not kept yet
+            assert info.compress_type == zipfile.ZIP_DEFLATED
+            assert info.compress_size >= len(data)  # deflate level 0: nothing compressed
+        else:
+            assert info.compress_type == zipfile.ZIP_STORED, name
 
 
 async def test_entry_names_are_safe_and_unique(client: httpx.AsyncClient, tmp_path: Path) -> None:
@@ -141,9 +143,9 @@ async def test_everything_is_decided_before_the_first_byte(
     assert_error(
         await zip_of(client, [{"file_id": present}], compression="zstd"), 400, "invalid_argument"
     )
-    foreign = "local:files/0123456789abcdef_x" if storage.backend != "local" else "s3:files/k_x"
-    if storage.mode != "hybrid" or foreign.startswith("local:"):
-        assert_error(await zip_of(client, [{"file_id": foreign}]), 403, "route_not_supported")
+    # an id of a backend this mode does not enable (every mode leaves one out)
+    foreign = "s3:files/0123456789abcdef_x" if storage.mode == "local" else "local:files/k_x"
+    assert_error(await zip_of(client, [{"file_id": foreign}]), 403, "route_not_supported")
 
 
 async def test_total_size_limit(storage: Storage) -> None:

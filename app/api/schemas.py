@@ -1,4 +1,4 @@
-"""The JSON shapes of the HTTP contract (API.md)."""
+"""The JSON shapes of the HTTP contract (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,59 @@
+"""Where filegate relies on a dependency's internals, a change to them fails here first.
+
+aiofdfs is used below its public client (docs/fastdfs.md, "How filegate uses aiofdfs"): our
+connections subclass its ``AsyncConnection`` and stand in for its pool, and its protocol methods
+run over them. Those internals are not a promise, so aiofdfs is pinned to one exact version in
+pyproject.toml, and this test records the source of every piece we rely on. An upgrade that
+touches any of them fails here; re-read the piece, adapt ``app/storage/fastdfs/`` and the
+emulator if needed, then record the new fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+from importlib.metadata import version
+
+import pytest
+
+PINNED = {"aiofdfs": "0.1.30"}
+RELIED_ON = {
+    "aiofdfs.async_connection:AsyncConnection.__init__": "0ae67dca42832a5f",
+    "aiofdfs.async_connection:AsyncConnection.connect": "d1a55a1fc5b7fa13",
+    "aiofdfs.async_connection:AsyncConnection.receive": "cd26b9a552dc87d9",
+    "aiofdfs.async_connection:AsyncConnection.send": "27e25412ce380a72",
+    "aiofdfs.async_connection:AsyncConnection.disconnect": "66a07e0752f27ea5",
+    "aiofdfs.async_connection:AsyncConnection.is_connected": "dd6bb3c73e69c9ca",
+    "aiofdfs.async_connection:tcp_recv_response": "ef7aec8591b916a8",
+    "aiofdfs.async_connection:tcp_send_data": "4647a294cdc99d70",
+    "aiofdfs.async_fdfs_protol:Tracker_header": "e420b3fb1a28238c",
+    "aiofdfs.async_fdfs_protol:Storage_server": "d41a519de35520bb",
+    "aiofdfs.async_tracker_client:Async_Tracker_Client": "2454e7eed67023a0",
+    "aiofdfs.async_storage_client:Async_Storage_Client.storage_upload_from_upload_file": "f0334b7735a98dd6",
+    "aiofdfs.async_storage_client:Async_Storage_Client.storage_query_file_info": "85504ec921fbe71e",
+    "aiofdfs.async_storage_client:Async_Storage_Client.storage_get_metadata": "7af5377ec39b4ecd",
+    "aiofdfs.async_storage_client:Async_Storage_Client.storage_delete_file": "cfa25a6444270b54",
+    "aiofdfs.async_storage_client:Async_Storage_Client.storage_download_to_generator": "e4d2b452d1de671e",
+    "aiofdfs.async_storage_client:Async_Storage_Client._storage_do_download_file_to_gen": "d943ebf13612c003",
+    "aiofdfs.async_storage_client:tcp_upload_from_upload_file": "34600b837f3f3ca7",
+    "aiofdfs.async_storage_client:tcp_recv_generator": "7f0325c8b51048f8",
+}
+
+
+def fingerprint(target: str) -> str:
+    module_name, _, qualname = target.partition(":")
+    found: object = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return hashlib.sha256(inspect.getsource(found).encode()).hexdigest()[:16]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("package", "pinned"), list(PINNED.items()))
+def test_pinned_versions_are_installed(package: str, pinned: str) -> None:
+    assert version(package) == pinned
+
+
+@pytest.mark.parametrize("target", list(RELIED_ON))
+def test_the_internals_we_rely_on_are_unchanged(target: str) -> None:
+    assert fingerprint(target) == RELIED_ON[target], target
