@@ -173,6 +173,18 @@ class RangeNotSatisfiable(FilegateError):
         return {"Content-Range": f"bytes */{self.size}"}
 
 
+class ServerBusy(FilegateError):
+    """Every byte of the upload memory budget is taken; the client may retry later."""
+
+    status_code = 503
+    code = "server_busy"
+    description = "Too busy right now; retry after the Retry-After delay"
+    retry_after_seconds = 5
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
+
+
 class StorageError(FilegateError):
     """An unexpected backend failure."""
 

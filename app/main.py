@@ -15,11 +15,11 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from app.access import Keyring, LinkSigner
-from app.api import downloads, errors, files, ops, uploads, zip
-from app.api.middleware import ClientDeadline, RequestMiddleware
+from app.api import downloads, errors, files, openapi, ops, uploads, zip
+from app.api.middleware import RequestMiddleware
 from app.metrics import Metrics
-from app.runtime import keep_large_buffers_out_of_the_heap
 from app.settings import Settings, reveal
+from app.storage.budget import Budget
 from app.storage.fusion import open_routes
 from app.storage.service import FileService
 from app.storage.validation import UploadPolicy
@@ -50,12 +50,12 @@ class State(TypedDict):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for ``settings`` (read from the environment when not given)."""
     settings = settings or Settings()
-    keep_large_buffers_out_of_the_heap()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         async with AsyncExitStack() as stack:
-            routes = await open_routes(settings, stack)
+            budget = Budget(int(settings.upload_memory), settings.upload_memory_wait)
+            routes = await open_routes(settings, stack, budget)
             policy = UploadPolicy(
                 max_file_size=int(settings.max_file_size),
                 whitelist=frozenset(settings.file_whitelist),
@@ -90,9 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.metrics = Metrics()
-    # Innermost first: client deadlines, then CORS (so every answer, errors too, carries its
-    # headers), then the request id, log line and metrics around everything.
-    app.add_middleware(ClientDeadline, seconds=settings.client_idle_timeout)
+    # Innermost first: CORS (so every answer, errors too, carries its headers), then the request
+    # id, log line, metrics and client deadline around everything.
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -103,9 +102,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=EXPOSED_HEADERS,
             max_age=600,
         )
-    app.add_middleware(RequestMiddleware, metrics=app.state.metrics)
+    app.add_middleware(
+        RequestMiddleware, metrics=app.state.metrics, client_timeout=settings.client_idle_timeout
+    )
     errors.install(app)
     for module in (zip, uploads, downloads, files, ops):
         app.include_router(module.router)
-    errors.document_validation_as_400(app)
+    openapi.install(app)
     return app

@@ -8,6 +8,7 @@ keeps its own registry.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -53,6 +54,31 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+
+        self._children: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+
+    def observe(
+        self, method: str, route: str, status: int, seconds: float, received: int, sent: int
+    ) -> None:
+        """One finished request. The labelled children are looked up once per label set, not
+        per request (``labels()`` takes a lock and builds keys each time)."""
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+                self.received.labels(route),
+                self.sent.labels(route),
+            )
+            self._children[key] = children
+        requests, latency, received_bytes, sent_bytes = children
+        requests.inc()
+        latency.observe(seconds)
+        if received:
+            received_bytes.inc(received)
+        if sent:
+            sent_bytes.inc(sent)
 
     def render(self) -> bytes:
         if os.environ.get(MULTIPROC_ENV):

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     s3_buckets: CommaList = Field(default_factory=list)
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
     s3_create_bucket: bool = False
+    s3_multipart_checksum: Literal["crc32", "none"] = "crc32"
 
     fastdfs_tracker_servers: CommaList = Field(default_factory=list)
     fastdfs_connect_timeout: float = Field(default=3, gt=0)
@@ -77,6 +78,8 @@ class Settings(BaseSettings):
     file_blacklist: CommaList = Field(default_factory=list)
 
     max_batch_files: int = Field(default=100, gt=0)
+    upload_memory: ByteSize = ByteSize(128 * 1024 * 1024)
+    upload_memory_wait: float = Field(default=30, gt=0)
     client_idle_timeout: float = Field(default=60, gt=0)
 
     api_keys: Annotated[list[KeySpec], NoDecode] = Field(default_factory=list)
@@ -98,6 +101,13 @@ class Settings(BaseSettings):
         "cors_allow_origins",
         mode="before",
     )(_split_commas)
+
+    @field_validator("upload_memory")
+    @classmethod
+    def _room_for_parts(cls, value: ByteSize) -> ByteSize:
+        if value < 32 * 1024 * 1024:
+            raise ValueError("at least 32MiB: one S3 upload holds up to three 8 MiB parts")
+        return value
 
     @field_validator("fastdfs_tracker_servers")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -14,8 +15,10 @@ from app.errors import (
     InvalidArgument,
     InvalidFileType,
     RangeNotSatisfiable,
+    ServerBusy,
 )
 from app.storage.base import ByteRange, ObjectInfo, ObjectRef
+from app.storage.budget import Budget, BufferPool
 from app.storage.ids import FileId, new_key, parse_file_id
 from app.storage.stored import StoredFile
 from app.storage.validation import UploadPolicy, check_file_name, check_folder, check_metadata
@@ -314,3 +317,51 @@ async def test_the_planner_enforces_the_limits_before_anything_is_read() -> None
     with pytest.raises(FileTooLarge):
         await plan([request("a"), request("b")], describe, ZipLimits(max_total_size=1000))
     assert len(await plan([request("a")], describe, ZipLimits(max_total_size=1000))) == 1
+
+
+# the upload memory budget
+
+
+async def test_the_budget_makes_requests_wait_in_order_then_refuses() -> None:
+    budget = Budget(100, wait_seconds=0.3)
+    assert await budget.acquire(60) == 60
+    order: list[str] = []
+
+    async def take(name: str, size: int) -> None:
+        await budget.acquire(size)
+        order.append(name)
+
+    first = asyncio.create_task(take("first", 50))
+    second = asyncio.create_task(take("second", 10))  # fits now, but waits its turn
+    await asyncio.sleep(0.05)
+    assert order == [] and budget.used == 60
+    budget.release(60)
+    await asyncio.gather(first, second)
+    assert order == ["first", "second"] and budget.used == 60
+    with pytest.raises(ServerBusy) as refused:
+        await budget.acquire(50)
+    assert refused.value.status_code == 503 and "Retry-After" in refused.value.headers()
+    assert budget.used == 60  # a refusal holds nothing
+
+
+async def test_a_cancelled_waiter_gives_its_place_back() -> None:
+    budget = Budget(100, wait_seconds=5)
+    await budget.acquire(100)
+    waiting = asyncio.create_task(budget.acquire(80))
+    behind = asyncio.create_task(budget.acquire(20))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    budget.release(30)
+    assert await behind == 20
+    assert budget.used == 90
+
+
+async def test_pooled_buffers_are_reused_within_the_budget() -> None:
+    pool = BufferPool(Budget(64, wait_seconds=1), size=32)
+    first = await pool.take()
+    second = await pool.take()
+    assert pool.budget.used == 64
+    pool.give(first)
+    assert await pool.take() is first  # the same memory again, not a new allocation
+    pool.give(second)
+    assert pool.budget.used == 32

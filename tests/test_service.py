@@ -18,7 +18,8 @@ import pytest
 
 from app.access import ALL_SCOPES, Principal, Scope
 from app.errors import Forbidden
-from app.storage.base import ByteRange, NewObject, ObjectInfo, ObjectRef, ObjectStream
+from app.storage.base import ByteRange, Chunk, NewObject, ObjectInfo, ObjectRef, ObjectStream
+from app.storage.budget import Budget
 from app.storage.fusion import Routes, Target
 from app.storage.ids import FileId
 from app.storage.local import LocalBackend
@@ -28,6 +29,7 @@ from app.storage.validation import UploadPolicy
 from app.storage.zip import ZipLimits, ZipRequest
 
 OWNER = Principal("owner", ALL_SCOPES)
+MiB = 1024 * 1024
 
 
 class Recorder:
@@ -38,7 +40,7 @@ class Recorder:
         self.name = inner.name
         self.calls: list[str] = []
 
-    async def put(self, obj: NewObject, body: AsyncIterable[bytes]) -> ObjectInfo:
+    async def put(self, obj: NewObject, body: AsyncIterable[Chunk]) -> ObjectInfo:
         self.calls.append("put")
         return await self.inner.put(obj, body)
 
@@ -97,7 +99,7 @@ UNGUARDED = {"readiness": "operational: it reads no file and names none"}
 
 @pytest.fixture
 async def world(tmp_path: Path) -> World:
-    backend = Recorder(LocalBackend(tmp_path / "data"))
+    backend = Recorder(LocalBackend(tmp_path / "data", Budget(64 * MiB, 1)))
     routes = Routes({"local": Target(backend, frozenset({"files"}), "files")}, "local")
     service = FileService(routes, UploadPolicy(), ZipLimits())
     stored = await service.upload(OWNER, UploadRequest("kept.txt", folder="team"), body(b"kept"))

@@ -10,12 +10,17 @@ import subprocess
 import time
 import zipfile
 import zlib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from app.storage.base import Loaded, ObjectInfo, ObjectRef, ObjectStream
+from app.storage.ids import FileId
+from app.storage.stored import StoredFile
+from app.storage.zip import ZipEntry, ZipStream
 from tests.conftest import Storage, serve, settings_for
 from tests.fdfs_emulator import FastDFS
 from tests.servers import Service
@@ -58,6 +63,10 @@ async def test_zip_contents_are_byte_equal(
     assert response.headers["content-type"] == "application/zip"
     assert response.headers["content-disposition"] == 'attachment; filename="files.zip"'
     assert response.headers["x-content-type-options"] == "nosniff"
+    if compression == "stored":  # sizes known up front: a plain download, not chunked
+        assert int(response.headers["content-length"]) == len(response.content)
+    else:
+        assert "content-length" not in response.headers
     archive = check_archive(response.content, tmp_path)
     assert archive.namelist() == list(blobs)
     for name, data in blobs.items():
@@ -66,11 +75,9 @@ async def test_zip_contents_are_byte_equal(
         assert info.flag_bits & 0x800  # UTF-8 names flagged
         if compression == "deflate":
             assert info.compress_type == zipfile.ZIP_DEFLATED
-        elif storage.backend == "s3" and len(data) >= 8 * MiB:  # multipart: CRC not kept yet
-            assert info.compress_type == zipfile.ZIP_DEFLATED
-            assert info.compress_size >= len(data)  # deflate level 0: nothing compressed
-        else:
+        else:  # every CRC-32 is known up front, S3 multipart uploads included: STORE
             assert info.compress_type == zipfile.ZIP_STORED, name
+            assert info.compress_size == len(data)
 
 
 async def test_entry_names_are_safe_and_unique(client: httpx.AsyncClient, tmp_path: Path) -> None:
@@ -291,3 +298,33 @@ def test_zip64_archive_over_4_gib(local_service: Service, tmp_path: Path) -> Non
         assert archive.read("small.txt") == b"after the big one"
         assert archive.infolist()[1].header_offset > 0xFFFFFFFF
     out.unlink()
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+@pytest.mark.parametrize(
+    "sizes", [[0], [1, 0, 1000], [70_000, 3, 5000, 0, 12345]], ids=["empty", "small", "mixed"]
+)
+async def test_the_announced_length_is_what_stream_zip_writes(
+    tmp_path: Path, zip64: bool, sizes: list[int]
+) -> None:
+    """The Content-Length of a stored zip is computed before the first byte; stream-zip must write
+    exactly that many bytes, in the zip32 and the zip64 layout (or uvicorn would abort)."""
+    contents = [os.urandom(size) for size in sizes]
+    names = ["a.txt", "Отчёт 😀.pdf", "dir/sub/b.bin", "c", "d" * 200]
+    entries = []
+    for index, data in enumerate(contents):
+        ref = ObjectRef("files", f"k{index}")
+        info = ObjectInfo(
+            ref, len(data), '"e"', datetime(2026, 11, 24, tzinfo=UTC), crc32=zlib.crc32(data)
+        )
+        entries.append(ZipEntry(names[index], StoredFile(FileId("local", ref), info)))
+
+    async def opener(stored: StoredFile) -> ObjectStream:
+        return Loaded(contents[int(stored.file_id.ref.key[1:])])
+
+    stream = ZipStream(opener, entries, "stored", zip64=zip64)
+    written = b"".join([chunk async for chunk in stream])
+    assert stream.length == len(written)
+    archive = check_archive(written, tmp_path)
+    assert [archive.read(info) for info in archive.infolist()] == contents
+    assert ZipStream(opener, entries, "deflate").length is None

@@ -1,61 +1,44 @@
 """How a request says who it is: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 
-Declared through FastAPI's security classes, so the OpenAPI document names both schemes and
-generated clients send the key.
+The key is read straight from the headers by one dependency; the OpenAPI document declares both
+schemes on every operation that takes a key (``app.api.openapi``), so generated clients send it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request
 
 from app.access import Keyring, LinkSigner, Principal
 
-_bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="bearer",
-    description="An API key as a bearer token (when the service has keys configured).",
-)
-_api_key = APIKeyHeader(
-    name="X-API-Key",
-    auto_error=False,
-    scheme_name="apiKey",
-    description="An API key (when the service has keys configured).",
-)
+API_KEY_HEADER = "x-api-key"
 
 
-async def presented_key(
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-    api_key: Annotated[str | None, Security(_api_key)],
-) -> str | None:
+def presented_key(headers: Mapping[str, str]) -> str | None:
     """The key the request carries, if any (X-API-Key wins when both are sent)."""
-    return api_key or (bearer.credentials if bearer else None)
+    key = headers.get(API_KEY_HEADER)
+    if key:
+        return key
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    return credentials.strip() or None if scheme.lower() == "bearer" else None
 
 
-PresentedKeyDep = Annotated[str | None, Depends(presented_key)]
-
-
-async def get_keyring(request: Request) -> Keyring:
-    keyring: Keyring = request.state.keyring
-    return keyring
-
-
-KeyringDep = Annotated[Keyring, Depends(get_keyring)]
-
-
-async def get_principal(keyring: KeyringDep, presented: PresentedKeyDep) -> Principal:
+async def get_principal(request: Request) -> Principal:
     """The caller; 401 before anything else happens if the key is missing or unknown."""
-    return keyring.authenticate(presented)
+    keyring: Keyring = request.state.keyring
+    return keyring.authenticate(presented_key(request.headers))
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-async def get_signer(request: Request) -> LinkSigner:
+def keyring_of(request: Request) -> Keyring:
+    keyring: Keyring = request.state.keyring
+    return keyring
+
+
+def signer_of(request: Request) -> LinkSigner:
     signer: LinkSigner = request.state.links
     return signer
-
-
-SignerDep = Annotated[LinkSigner, Depends(get_signer)]

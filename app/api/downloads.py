@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 
 from app.access import LinkTerms, Principal
-from app.api.auth import KeyringDep, PresentedKeyDep, PrincipalDep, SignerDep
+from app.api.auth import PrincipalDep, keyring_of, presented_key, signer_of
 from app.api.decision import decide, disposition, is_plain
 from app.api.deps import FileIdDep, FilesDep
 from app.api.errors import declare
@@ -25,7 +26,8 @@ from app.errors import (
     LinkInvalid,
     RangeNotSatisfiable,
 )
-from app.storage.ids import FileId
+from app.storage.base import Loaded
+from app.storage.ids import FileId, parse_file_id
 from app.storage.stored import content_type_for
 from app.storage.validation import check_file_name
 
@@ -33,16 +35,20 @@ router = APIRouter(prefix="/files", tags=["files"])
 
 S3_MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 
-InlineQuery = Annotated[
-    bool, Query(description="Content-Disposition: inline instead of attachment.")
-]
-FilenameQuery = Annotated[str | None, Query(description="Download under this name instead.")]
-ExpiresQuery = Annotated[
-    int | None, Query(description="Signed links: Unix time until which the link is valid.")
-]
-SignatureQuery = Annotated[
-    str | None, Query(description="Signed links: the signature; no API key is needed then.")
-]
+
+class DownloadQuery(BaseModel):
+    """How a download is served, and the signature of a signed link."""
+
+    inline: bool = Field(False, description="Content-Disposition: inline instead of attachment.")
+    filename: str | None = Field(None, description="Download under this name instead.")
+    expires: int | None = Field(
+        None, description="Signed links: Unix time until which the link is valid."
+    )
+    signature: str | None = Field(
+        None, description="Signed links: the signature; no API key is needed then."
+    )
+
+
 _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
@@ -65,29 +71,24 @@ class Admitted:
 
 
 async def admit_download(
-    file_id: FileIdDep,
-    keyring: KeyringDep,
-    presented: PresentedKeyDep,
-    signer: SignerDep,
-    inline: InlineQuery = False,
-    filename: FilenameQuery = None,
-    expires: ExpiresQuery = None,
-    signature: SignatureQuery = None,
+    request: Request,
+    file_id: Annotated[str, Path(description="A file id: s3:, local: or a FastDFS id.")],
+    query: Annotated[DownloadQuery, Query()],
 ) -> Admitted:
     """A key, or a signed link for exactly this id, expiry and these options; a signed link's
-    principal may read this one file only."""
-    if filename is not None:
-        check_file_name(filename)
-    if expires is None and signature is None:
-        principal = keyring.authenticate(presented)
-    elif expires is None or signature is None:
-        raise LinkInvalid(
-            "A signed link needs both 'expires' and 'signature'.", file_id=str(file_id)
-        )
+    principal may read this one file only. (One dependency: each one costs time per request.)"""
+    parsed = parse_file_id(file_id)
+    if query.filename is not None:
+        check_file_name(query.filename)
+    if query.expires is None and query.signature is None:
+        principal = keyring_of(request).authenticate(presented_key(request.headers))
+    elif query.expires is None or query.signature is None:
+        raise LinkInvalid("A signed link needs both 'expires' and 'signature'.", file_id=file_id)
     else:
-        signer.verify(LinkTerms(str(file_id), expires, filename, inline), signature)
-        principal = Principal.for_link(file_id)
-    return Admitted(principal, file_id, inline, filename)
+        terms = LinkTerms(str(parsed), query.expires, query.filename, query.inline)
+        signer_of(request).verify(terms, query.signature)
+        principal = Principal.for_link(parsed)
+    return Admitted(principal, parsed, query.inline, query.filename)
 
 
 AdmittedDep = Annotated[Admitted, Depends(admit_download)]
@@ -119,6 +120,13 @@ async def download_file(request: Request, files: FilesDep, admitted: AdmittedDep
         if not decision.has_body:
             return Response(status_code=decision.status, headers=decision.headers)
         stream = await files.open(admitted.principal, stored, decision.byte_range)
+    if isinstance(stream, Loaded):  # small, already read: no streaming machinery needed
+        return Response(
+            stream.data,
+            status_code=decision.status,
+            headers=decision.headers,
+            media_type=decision.media_type,
+        )
     return ObjectStreamResponse(
         stream,
         str(stored.file_id),
@@ -155,9 +163,9 @@ async def create_link(
     request: Request,
     files: FilesDep,
     principal: PrincipalDep,
-    signer: SignerDep,
 ) -> Link:
     """A download URL that works without a key until it expires (for <a href> and <img src>)."""
+    signer = signer_of(request)
     limit = signer.max_expires_in
     if body.direct:
         limit = min(limit, S3_MAX_PRESIGN_SECONDS)

@@ -15,7 +15,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 ALWAYS: tuple[type[FilegateError], ...] = (Unauthorized, StorageError, BackendUnavailable)
 """Possible on every file operation: a missing key (when keys are configured), a backend failure
 and an unreachable backend."""
-_ERROR_REF = "#/components/schemas/ErrorBody"
 
 
 def declare(*errors: type[FilegateError]) -> dict[int | str, dict[str, Any]]:
@@ -55,6 +53,11 @@ def declare(*errors: type[FilegateError]) -> dict[int | str, dict[str, Any]]:
 def _body(exc: FilegateError) -> dict[str, Any]:
     body = ErrorBody(detail=exc.detail, code=exc.code, file_id=exc.file_id, file_ids=exc.file_ids)
     return body.model_dump(exclude_none=True)
+
+
+def body_of(exc: FilegateError) -> bytes:
+    """The JSON body of ``exc``, for the one place that answers outside a route (a stall)."""
+    return bytes(JSONResponse(_body(exc)).body)
 
 
 async def render(request: Request, exc: Exception) -> JSONResponse:
@@ -121,28 +124,3 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _routing)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
-
-
-def document_validation_as_400(app: FastAPI) -> None:
-    """Request validation failures are rendered as 400 ``invalid_argument``, so the OpenAPI
-    document must not promise FastAPI's 422 shape."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, summary=app.summary, routes=app.routes
-            )
-            for item in schema.get("paths", {}).values():
-                for operation in item.values():
-                    responses = operation.get("responses", {})
-                    if responses.pop("422", None) is not None and "400" not in responses:
-                        responses["400"] = {
-                            "description": InvalidArgument.description,
-                            "content": {"application/json": {"schema": {"$ref": _ERROR_REF}}},
-                        }
-            for unused in ("HTTPValidationError", "ValidationError"):
-                schema.get("components", {}).get("schemas", {}).pop(unused, None)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

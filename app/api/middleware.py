@@ -1,16 +1,27 @@
-"""Every HTTP request: a request id, one log line, and the request metrics (pure ASGI, so
-streaming bodies pass through untouched)."""
+"""Around every HTTP request: a request id, one log line, the request metrics, and a deadline on
+the client (pure ASGI, so streaming bodies pass through untouched).
+
+The deadline costs one timer per request, not a cancel scope per chunk: each wait for the client
+(the next piece of the request body, or taking the next piece of the response) records when it
+began, and a watchdog cancels the request once one such wait has lasted ``CLIENT_IDLE_TIMEOUT``.
+A stalled upload is rolled back by that cancellation and answered ``408``; a stalled download is
+abandoned, which drops the connection (docs/architecture.md, "Where the bytes go").
+"""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
+from typing import Any
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import body_of
 from app.errors import RequestTimeout
 from app.logs import request_id
 from app.metrics import Metrics
@@ -20,49 +31,129 @@ _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 HEADER = b"x-request-id"
 
 
+class _Ids:
+    """Request ids unique to this process: a random prefix and a counter (no syscall each)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(12).hex()
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):08x}"
+
+
+class _Watchdog:
+    """Cancels ``scope`` once a wait for the client has lasted ``seconds``."""
+
+    __slots__ = ("_handle", "_loop", "_scope", "_seconds", "expired", "receiving", "sending")
+
+    def __init__(self, scope: anyio.CancelScope, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._scope = scope
+        self._seconds = seconds
+        self.receiving: float | None = None
+        self.sending: float | None = None
+        self.expired: str | None = None
+        """Which wait ran out: ``"receiving"`` or ``"sending"``."""
+        self._handle = self._loop.call_later(seconds, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        oldest = now
+        for wait, since in (("receiving", self.receiving), ("sending", self.sending)):
+            if since is not None and since <= oldest:
+                oldest = since
+                if now - since >= self._seconds:
+                    self.expired = wait
+                    self._scope.cancel()
+                    return
+        self._handle = self._loop.call_later(self._seconds - (now - oldest), self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, client_timeout: float) -> None:
         self.app = app
         self.metrics = metrics
+        self.client_timeout = client_timeout
+        self._ids = _Ids()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(HEADER, b"").decode("latin-1")
-        rid = given if _VALID_ID.fullmatch(given) else uuid.uuid4().hex
+        given = b""
+        for name, value in scope["headers"]:
+            if name == HEADER:
+                given = value
+                break
+        text = given.decode("latin-1")
+        rid = text if _VALID_ID.fullmatch(text) else self._ids.next()
         token = request_id.set(rid)
         started = time.perf_counter()
         status, received, sent = 500, 0, 0
+        response_started = body_done = False
+        loop = asyncio.get_running_loop()
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # from now on only a disconnect can come, and waiting for it is free
+                return await receive()
+            watchdog.receiving = loop.time()
+            try:
+                message = await receive()
+            finally:
+                watchdog.receiving = None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body")
+            else:
+                body_done = True
             return message
 
         async def tagging_send(message: Message) -> None:
-            nonlocal status, sent
+            nonlocal status, sent, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 message["headers"] = [*message.get("headers", []), (HEADER, rid.encode())]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
-            await send(message)
+            watchdog.sending = loop.time()
+            try:
+                await send(message)
+            finally:
+                watchdog.sending = None
 
         self.metrics.in_flight.inc()
         try:
-            await self.app(scope, counting_receive, tagging_send)
+            with anyio.CancelScope() as cancel:
+                watchdog = _Watchdog(cancel, self.client_timeout)
+                try:
+                    await self.app(scope, counting_receive, tagging_send)
+                finally:
+                    watchdog.stop()
+            if watchdog.expired == "receiving" and not response_started:
+                problem = RequestTimeout(
+                    f"No request data for {self.client_timeout:g} s. Send the request faster."
+                )
+                log.info("%s %s refused: %s", scope["method"], scope["path"], problem.detail)
+                status = await _answer(tagging_send, problem)
+            elif watchdog.expired:
+                log.warning(
+                    "%s %s: response aborted mid-stream, the client took nothing for %g s",
+                    scope["method"],
+                    scope["path"],
+                    self.client_timeout,
+                )
         finally:
             self.metrics.in_flight.dec()
             route = getattr(scope.get("route"), "path", "unmatched")
             seconds = time.perf_counter() - started
             method = scope["method"]
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(seconds)
-            self.metrics.received.labels(route).inc(received)
-            self.metrics.sent.labels(route).inc(sent)
+            self.metrics.observe(method, route, status, seconds, received, sent)
             log.info(
                 "%s %s %s %.1fms in=%d out=%d",
                 method,
@@ -83,41 +174,22 @@ class RequestMiddleware:
             request_id.reset(token)
 
 
-class ClientDeadline:
-    """A slow client cannot hold the service forever: every wait for the next piece of the request
-    body, and for the client to take the next piece of the response, has a deadline.
-
-    A stalled upload becomes ``RequestTimeout`` where the route reads the body (408, and whatever
-    was stored of it is rolled back); a stalled download is abandoned and the connection closed.
-    """
-
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
-        self.app = app
-        self.seconds = seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        body_done = False
-
-        async def timed_receive() -> Message:
-            nonlocal body_done
-            if body_done:  # from now on only a disconnect can come, and waiting for it is free
-                return await receive()
-            with anyio.move_on_after(self.seconds):
-                message = await receive()
-                body_done = message["type"] != "http.request" or not message.get("more_body")
-                return message
-            raise RequestTimeout(
-                f"No request data for {self.seconds:g} s. Send the request faster."
-            )
-
-        async def timed_send(message: Message) -> None:
-            with anyio.move_on_after(self.seconds):
-                await send(message)
-                return
-            raise RequestTimeout(f"The client took nothing for {self.seconds:g} s.")
-
-        await self.app(scope, timed_receive, timed_send)
+async def _answer(send: Send, problem: RequestTimeout) -> int:
+    """The 408 for a request abandoned before its response began (the rest was rolled back)."""
+    content = body_of(problem)
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(content)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in problem.headers().items()),
+    ]
+    start: dict[str, Any] = {
+        "type": "http.response.start",
+        "status": problem.status_code,
+        "headers": headers,
+    }
+    try:
+        await send(start)
+        await send({"type": "http.response.body", "body": content})
+    except OSError:  # the client is gone for good
+        pass
+    return problem.status_code

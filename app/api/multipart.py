@@ -16,6 +16,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import InvalidArgument
+from app.storage.base import Chunk
 
 MAX_TEXT_FIELD = 64 * 1024
 
@@ -82,7 +83,8 @@ class FormStream:
         self._events.append(("part", dict(self._headers)))
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        self._events.append(("data", bytes(data[start:end])))
+        # A view, not a copy: the chunk it points into lives as long as the view.
+        self._events.append(("data", memoryview(data)[start:end]))
 
     async def _next(self) -> tuple[EventKind, object]:
         while not self._events:
@@ -116,18 +118,18 @@ class FormStream:
             async for _ in self.data():
                 pass  # skip whatever the consumer left unread
 
-    async def data(self) -> AsyncIterator[bytes]:
+    async def data(self) -> AsyncIterator[Chunk]:
         """The current part's bytes as they arrive."""
         while self._in_part:
             kind, payload = await self._next()
             if kind == "end":
                 self._in_part = False
-            elif kind == "data" and isinstance(payload, bytes) and payload:
+            elif kind == "data" and isinstance(payload, memoryview) and payload:
                 yield payload
 
     async def text(self, limit: int = MAX_TEXT_FIELD) -> str:
         """The current part as a (bounded) UTF-8 string."""
-        chunks: list[bytes] = []
+        chunks: list[Chunk] = []
         size = 0
         async for chunk in self.data():
             size += len(chunk)

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from app.access import key_matches
-from app.api.auth import PresentedKeyDep
+from app.api.auth import presented_key
 from app.api.deps import FilesDep
 from app.api.schemas import Health
 from app.errors import Unauthorized
@@ -53,10 +53,10 @@ async def readyz(files: FilesDep) -> JSONResponse:
 
 
 @router.get("/metrics", operation_id="metrics", response_class=Response)
-async def metrics(request: Request, presented: PresentedKeyDep) -> Response:
+async def metrics(request: Request) -> Response:
     """Prometheus metrics (text format), summed over every worker; METRICS_API_KEY guards it."""
     required: str | None = request.state.metrics_key
-    if required is not None and not key_matches(presented, required):
+    if required is not None and not key_matches(presented_key(request.headers), required):
         raise Unauthorized("/metrics needs METRICS_API_KEY.")
     return Response(
         request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"

@@ -69,21 +69,30 @@ class ByteRange:
         return self.end - self.start + 1
 
 
+Chunk = bytes | memoryview
+"""A piece of an object: bytes, or a zero-copy view of a client library's buffer (obstore)."""
+
+
 class ObjectStream(Protocol):
     """The bytes of one object (or of a range of it), read in chunks as the consumer asks."""
 
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    def __aiter__(self) -> AsyncIterator[Chunk]: ...
 
     async def aclose(self) -> None:
         """Release the file handle or connection; safe to call more than once."""
 
 
-class EmptyStream:
-    """The bytes of an empty file, which some backends (FastDFS) refuse to serve themselves."""
+class Loaded:
+    """All the bytes of a small object (or range), already read when it was opened: served as
+    they are, without a stream. Also the bytes of an empty file, which some backends (FastDFS)
+    refuse to serve themselves."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.data = data
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        return
-        yield b""
+        if self.data:
+            yield self.data
 
     async def aclose(self) -> None:
         return None
@@ -95,7 +104,7 @@ class Backend(Protocol):
     name: str
     """The id prefix and ``backend`` field of FileInfo: ``local``, ``s3``, ``fastdfs``."""
 
-    async def put(self, obj: NewObject, body: AsyncIterable[bytes]) -> ObjectInfo:
+    async def put(self, obj: NewObject, body: AsyncIterable[Chunk]) -> ObjectInfo:
         """Store ``body`` under ``obj.ref``, all of it or nothing."""
 
     async def head(self, ref: ObjectRef) -> ObjectInfo:
@@ -119,6 +128,14 @@ class Presigner(Protocol):
         self, ref: ObjectRef, expires_in: int, *, content_disposition: str, content_type: str
     ) -> str:
         """A GET URL for ``ref``, valid ``expires_in`` seconds, signed with the read credentials."""
+
+
+@runtime_checkable
+class ChecksumReader(Protocol):
+    """A backend that can be asked for a CRC-32 it keeps apart from ``head`` (S3 multipart)."""
+
+    async def stored_crc32(self, ref: ObjectRef) -> int | None:
+        """The whole object's CRC-32, if the storage keeps one (costs a request)."""
 
 
 @runtime_checkable

@@ -16,6 +16,7 @@ from typing import Literal
 from app.errors import BucketNotAllowed, DeleteNotSupported, RouteNotSupported
 from app.settings import Settings
 from app.storage.base import Backend
+from app.storage.budget import Budget
 from app.storage.fastdfs import open_fastdfs_backend
 from app.storage.ids import BackendName, FileId
 from app.storage.local import open_local_backend
@@ -77,19 +78,20 @@ class Routes:
         return target
 
 
-async def open_routes(settings: Settings, stack: AsyncExitStack) -> Routes:
-    """Open the backends ``STORAGE_MODE`` enables, each for the life of ``stack``."""
+async def open_routes(settings: Settings, stack: AsyncExitStack, budget: Budget) -> Routes:
+    """Open the backends ``STORAGE_MODE`` enables, each for the life of ``stack``; what uploads
+    hold in memory is counted against ``budget``."""
     mode: StorageMode = settings.storage_mode
     targets: dict[BackendName, Target] = {}
     for name in ENABLED[mode]:
         if name == "local":
-            local = await open_local_backend(settings)
+            local = await open_local_backend(settings, budget)
             targets[name] = Target(local, frozenset({settings.local_bucket}), settings.local_bucket)
         elif name == "s3":
-            s3 = await open_s3_backend(settings, stack)
+            s3 = await open_s3_backend(settings, stack, budget)
             targets[name] = Target(s3, settings.allowed_s3_buckets, settings.s3_default_bucket)
         else:
-            fastdfs = await open_fastdfs_backend(settings, stack)
+            fastdfs = await open_fastdfs_backend(settings, stack, budget)
             legacy = mode == "hybrid"  # the switches guard legacy files in hybrid mode only
             targets[name] = Target(
                 fastdfs,

@@ -1,17 +1,21 @@
 """The local-disk backend: the embedded default, so filegate runs with no other service.
 
 Layout under ``LOCAL_ROOT``: ``<bucket>/<key>`` holds the bytes, and
-``.filegate-meta/<bucket>/<key>.json`` the original name, content type, user metadata and MD5.
-An upload is written to a hidden temporary file in the target directory and renamed into place
-once complete, so a reader never sees a partial file and a failed upload leaves nothing. Every
-filesystem call runs in a worker thread; every path is confined below the root.
+``.filegate-meta/<bucket>/<key>.json`` the original name, content type, user metadata and CRC-32.
+An upload is written to a hidden temporary file in the target directory, fsynced and renamed into
+place once complete, so a reader never sees a partial file and a failed upload leaves nothing.
+
+Every filesystem call runs in a worker thread, and each thread hop does as much as it can: a small
+file is opened, checked, described and read in one hop; a small upload is written, fsynced and
+renamed in one. Every path is confined below the root: after opening, the kernel's own record of
+the opened file (``/proc/self/fd``) must lie inside it, so a symlink cannot lead out.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
+import itertools
 import json
 import os
 import stat
@@ -27,12 +31,26 @@ import anyio.to_thread
 
 from app.errors import FilegateError, FileNotFound, InvalidArgument, StorageError
 from app.settings import Settings
-from app.storage.base import ByteRange, NewObject, ObjectInfo, ObjectRef
-from app.storage.diskio import write_in_batches
+from app.storage.base import (
+    ByteRange,
+    Chunk,
+    Loaded,
+    NewObject,
+    ObjectInfo,
+    ObjectRef,
+    ObjectStream,
+)
+from app.storage.budget import Budget, Held
 
 TMP_PREFIX = ".filegate-tmp-"
 META_DIR = ".filegate-meta"
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 1024 * 1024
+INLINE_READ = 256 * 1024
+"""Files (or ranges) up to this size are read in the same thread hop that opens them."""
+WRITE_BATCH = 1024 * 1024
+"""Uploaded chunks are gathered up to this many bytes per thread hop."""
+_O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
+_O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 async def _run[T](func: Callable[..., T], *args: Any) -> T:
@@ -52,15 +70,19 @@ def _translate(exc: OSError) -> FilegateError:
     return StorageError(f"Local storage failed ({name}).", backend="local")
 
 
-async def open_local_backend(settings: Settings) -> LocalBackend:
+def _shorter() -> StorageError:
+    return StorageError("The file became shorter while it was read.", backend="local")
+
+
+async def open_local_backend(settings: Settings, budget: Budget) -> LocalBackend:
     """The backend under ``LOCAL_ROOT``, which must be (or become) a writable directory."""
-    backend = LocalBackend(settings.local_root)
+    backend = LocalBackend(settings.local_root, budget)
     await backend.check()
     return backend
 
 
 class LocalStream:
-    """Reads a byte span of an open file, one worker-thread call per chunk."""
+    """A byte span of an open file, one thread hop per chunk."""
 
     def __init__(self, file: IO[bytes], remaining: int) -> None:
         self._file = file
@@ -87,8 +109,11 @@ class LocalStream:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, root: Path) -> None:
-        self._root = root.resolve()
+    def __init__(self, root: Path, budget: Budget) -> None:
+        self._budget = budget
+        self._root = str(root.resolve())
+        self._inside = f"{self._root}{os.sep}"
+        self._meta_root = os.path.join(self._root, META_DIR)
 
     async def check(self) -> None:
         """Create the root if needed and check that it is a writable directory."""
@@ -98,79 +123,32 @@ class LocalBackend:
             raise _translate(exc) from exc
 
     def check_writable(self) -> None:
-        self._root.mkdir(parents=True, exist_ok=True)
+        os.makedirs(self._root, exist_ok=True)
         with tempfile.TemporaryFile(dir=self._root, prefix=TMP_PREFIX):
             pass
 
-    def _path(self, ref: ObjectRef) -> Path:
+    def _path(self, ref: ObjectRef) -> str:
         """The file's path, built lexically; ``_confine`` checks symlinks inside a worker thread."""
         segments = ref.key.split("/")
         if ref.bucket.startswith(".") or any(s in ("", ".", "..") or "\0" in s for s in segments):
             raise InvalidArgument("Malformed key.")
         if segments[-1].startswith(TMP_PREFIX):
             raise FileNotFound("No such file.")
-        return self._root.joinpath(ref.bucket, *segments)
+        return f"{self._root}{os.sep}{ref.bucket}{os.sep}{ref.key}"
 
-    def _meta_path(self, ref: ObjectRef) -> Path:
-        return self._root.joinpath(META_DIR, ref.bucket, f"{ref.key}.json")
+    def _meta_path(self, ref: ObjectRef) -> str:
+        return f"{self._meta_root}{os.sep}{ref.bucket}{os.sep}{ref.key}.json"
 
-    async def put(self, obj: NewObject, body: AsyncIterable[bytes]) -> ObjectInfo:
-        path = self._path(obj.ref)
-        meta_path = self._meta_path(obj.ref)
+    def _confine(self, fd: int, path: str) -> None:
+        """Refuse an opened file that lies outside the root (a symlink led there)."""
         try:
-            file, temp = await _run(self._create_temp, path)
-        except OSError as exc:
-            raise _translate(exc) from exc
-        digest = _Digest()
-        try:
-            await write_in_batches(body, file, digest.update)
-            record = {
-                "file_name": obj.file_name,
-                "content_type": obj.content_type,
-                "metadata": dict(obj.metadata),
-                "etag": f'"{digest.md5.hexdigest()}"',
-                "crc32": digest.crc32,
-            }
-            return await _run(self._commit, file, temp, path, meta_path, record, obj.ref)
-        except OSError as exc:
-            raise _translate(exc) from exc
-        finally:
-            with anyio.CancelScope(shield=True):
-                await _run(_discard, file, temp)
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # no /proc: resolve the path instead
+            real = os.path.realpath(path)
+        if not real.startswith(self._inside):
+            raise InvalidArgument("The key leads outside the storage root.")
 
-    def _create_temp(self, path: Path) -> tuple[IO[bytes], str]:
-        directory = _confine(self._root, path).parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX)
-        return open(fd, "wb"), temp
-
-    def _commit(
-        self,
-        file: IO[bytes],
-        temp: str,
-        path: Path,
-        meta_path: Path,
-        record: dict[str, Any],
-        ref: ObjectRef,
-    ) -> ObjectInfo:
-        file.flush()
-        os.fsync(file.fileno())
-        meta_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(meta_path, json.dumps(record, ensure_ascii=False).encode())
-        os.replace(temp, path)
-        file.close()
-        _fsync_dir(path.parent)
-        st = path.stat()
-        return ObjectInfo(
-            ref=ref,
-            size=st.st_size,
-            etag=record["etag"],
-            last_modified=_mtime(st),
-            file_name=record["file_name"],
-            content_type=record["content_type"],
-            metadata=record["metadata"],
-            crc32=record["crc32"],
-        )
+    # reading
 
     async def head(self, ref: ObjectRef) -> ObjectInfo:
         path = self._path(ref)
@@ -179,31 +157,104 @@ class LocalBackend:
         except OSError as exc:
             raise _translate(exc) from exc
 
-    def _head(self, path: Path, ref: ObjectRef) -> ObjectInfo:
-        st = _confine(self._root, path).stat()
+    def _head(self, path: str, ref: ObjectRef) -> ObjectInfo:
+        fd = os.open(path, _O_PATH | os.O_CLOEXEC)
+        try:
+            self._confine(fd, path)
+            return self._describe(os.fstat(fd), ref)
+        finally:
+            os.close(fd)
+
+    def _describe(self, st: os.stat_result, ref: ObjectRef) -> ObjectInfo:
         if not stat.S_ISREG(st.st_mode):
             raise FileNotFound("No such file.")
         try:
-            record = json.loads(self._meta_path(ref).read_bytes())
-        except (FileNotFoundError, ValueError):
+            with open(self._meta_path(ref), "rb") as file:
+                record = json.loads(file.read())
+        except (FileNotFoundError, NotADirectoryError, ValueError):
             record = {}
+        crc = record.get("crc32")
         return ObjectInfo(
             ref=ref,
             size=st.st_size,
-            etag=record.get("etag") or f'"{st.st_size:x}-{st.st_mtime_ns:x}"',
+            etag=record.get("etag") or _etag(crc, st),
             last_modified=_mtime(st),
             file_name=record.get("file_name"),
             content_type=record.get("content_type"),
             metadata=record.get("metadata") or {},
-            crc32=record.get("crc32"),
+            crc32=crc,
         )
 
-    async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> LocalStream:
+    async def fetch(self, ref: ObjectRef) -> tuple[ObjectInfo, ObjectStream]:
+        """``head`` and ``open`` of the whole file in one thread hop (a small one read too)."""
         path = self._path(ref)
         try:
-            return await _run(_open_span, self._root, path, byte_range)
+            info, stream = await _run(self._open, path, ref, None)
         except OSError as exc:
             raise _translate(exc) from exc
+        assert info is not None
+        return info, stream
+
+    async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> ObjectStream:
+        path = self._path(ref)
+        try:
+            _, stream = await _run(self._open, path, None, byte_range)
+        except OSError as exc:
+            raise _translate(exc) from exc
+        return stream
+
+    def _open(
+        self, path: str, describe: ObjectRef | None, byte_range: ByteRange | None
+    ) -> tuple[ObjectInfo | None, ObjectStream]:
+        file = open(path, "rb", buffering=0)  # noqa: SIM115 - owned by the returned stream
+        try:
+            self._confine(file.fileno(), path)
+            st = os.fstat(file.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise FileNotFound("No such file.")
+            info = self._describe(st, describe) if describe is not None else None
+            start, length = 0, st.st_size
+            if byte_range is not None:
+                start = byte_range.start
+                length = min(byte_range.length, st.st_size - byte_range.start)
+                file.seek(start)
+            if length <= INLINE_READ:
+                data = file.read(length)
+                file.close()
+                if len(data) != length:
+                    raise StorageError(
+                        "The file became shorter while it was read.", backend="local"
+                    )
+                return info, Loaded(data)
+            return info, LocalStream(file, length)
+        except BaseException:
+            file.close()
+            raise
+
+    # writing
+
+    async def put(self, obj: NewObject, body: AsyncIterable[Chunk]) -> ObjectInfo:
+        path = self._path(obj.ref)
+        writer = _Writer(self, path, self._meta_path(obj.ref), obj)
+        chunks = aiter(body)
+        try:
+            async with self._budget.holding() as held:
+                batch, ended = await _gather(chunks, held)
+                if ended:  # the whole body in one hop: create, write, fsync, rename
+                    return await _run(writer.whole, batch)
+                await _run(writer.begin, batch)
+            while True:
+                async with self._budget.holding() as held:
+                    batch, ended = await _gather(chunks, held)
+                    if ended:
+                        return await _run(writer.finish, batch)
+                    await _run(writer.write, batch)
+        except OSError as exc:
+            raise _translate(exc) from exc
+        finally:
+            if writer.pending:
+                with anyio.CancelScope(shield=True):
+                    await _run(writer.discard)
 
     async def delete(self, ref: ObjectRef) -> None:
         path = self._path(ref)
@@ -212,35 +263,128 @@ class LocalBackend:
         except OSError as exc:
             raise _translate(exc) from exc
 
-    def _delete(self, path: Path, ref: ObjectRef) -> None:
-        for target in (_confine(self._root, path), self._meta_path(ref)):
+    def _delete(self, path: str, ref: ObjectRef) -> None:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            fd = os.open(path, _O_PATH | os.O_CLOEXEC)
+            try:
+                self._confine(fd, path)
+            finally:
+                os.close(fd)
+        for target in (path, self._meta_path(ref)):
             with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                target.unlink()
+                os.unlink(target)
 
 
-class _Digest:
-    """MD5 for the ETag and CRC-32 for zip entries, computed as the bytes are written."""
+class _Writer:
+    """One upload's temporary file, CRC and commit; every method runs in a worker thread."""
 
-    def __init__(self) -> None:
-        self.md5 = hashlib.md5(usedforsecurity=False)
+    def __init__(self, backend: LocalBackend, path: str, meta_path: str, obj: NewObject) -> None:
+        self._backend = backend
+        self._path = path
+        self._meta_path = meta_path
+        self._obj = obj
+        self._file: IO[bytes] | None = None
+        self._temp = ""
         self.crc32 = 0
+        self.pending = False
+        """A temporary file exists that is not in place yet."""
 
-    def update(self, chunk: bytes) -> None:
-        self.md5.update(chunk)
-        self.crc32 = zlib.crc32(chunk, self.crc32)
+    def begin(self, batch: list[bytes]) -> None:
+        directory = os.path.dirname(self._path)
+        fd, self._temp = _create_temp(directory)
+        self.pending = True
+        self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed by commit or discard
+        self._backend._confine(fd, directory)
+        self.write(batch)
+
+    def write(self, batch: list[bytes]) -> None:
+        assert self._file is not None
+        for chunk in batch:
+            self._file.write(chunk)
+            self.crc32 = zlib.crc32(chunk, self.crc32)
+
+    def whole(self, batch: list[bytes]) -> ObjectInfo:
+        self.begin(batch)
+        return self._commit()
+
+    def finish(self, batch: list[bytes]) -> ObjectInfo:
+        self.write(batch)
+        return self._commit()
+
+    def _commit(self) -> ObjectInfo:
+        assert self._file is not None
+        os.fsync(self._file.fileno())
+        st = os.fstat(self._file.fileno())
+        record = {
+            "file_name": self._obj.file_name,
+            "content_type": self._obj.content_type,
+            "metadata": dict(self._obj.metadata),
+            "crc32": self.crc32,
+        }
+        _write_atomically(self._meta_path, json.dumps(record, ensure_ascii=False).encode())
+        os.replace(self._temp, self._path)
+        self.pending = False
+        self._file.close()
+        _fsync_dir(os.path.dirname(self._path))
+        return ObjectInfo(
+            ref=self._obj.ref,
+            size=st.st_size,
+            etag=_etag(self.crc32, st),
+            last_modified=_mtime(st),
+            file_name=self._obj.file_name,
+            content_type=self._obj.content_type,
+            metadata=self._obj.metadata,
+            crc32=self.crc32,
+        )
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._temp)
+        self.pending = False
 
 
-def _discard(file: IO[bytes], temp: str) -> None:
-    """Close and remove the temporary file unless ``_commit`` already renamed it."""
-    if file.closed:
-        return
-    file.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temp)
+async def _gather(chunks: AsyncIterator[Chunk], held: Held) -> tuple[list[Chunk], bool]:
+    """The next chunks, up to ``WRITE_BATCH`` bytes (each counted in the upload budget); and
+    whether the body ended."""
+    batch: list[Chunk] = []
+    size = 0
+    while size < WRITE_BATCH:
+        chunk = await anext(chunks, None)
+        if chunk is None:
+            return batch, True
+        await held.take(len(chunk))
+        batch.append(chunk)
+        size += len(chunk)
+    return batch, False
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
+def _etag(crc32: int | None, st: os.stat_result) -> str:
+    """Files are never rewritten in place (every upload gets a new key): the content's CRC-32
+    and size tell versions apart. Files without a recorded CRC use size and mtime."""
+    if crc32 is None:
+        return f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+    return f'"{crc32:08x}-{st.st_size:x}"'
+
+
+_temp_names = itertools.count()
+
+
+def _create_temp(directory: str) -> tuple[int, str]:
+    """A new hidden temporary file in ``directory`` (created with its parents if missing)."""
+    while True:
+        name = f"{directory}{os.sep}{TMP_PREFIX}{os.getpid()}-{next(_temp_names)}"
+        try:
+            return os.open(name, _O_TEMP, 0o600), name
+        except FileNotFoundError:  # rare: the first file in a new folder
+            os.makedirs(directory, exist_ok=True)
+        except FileExistsError:  # left by a crashed process that had our pid
+            continue
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    fd, name = _create_temp(os.path.dirname(path))
     try:
         with open(fd, "wb") as file:
             file.write(data)
@@ -253,34 +397,12 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _confine(root: Path, path: Path) -> Path:
-    """Refuse a path that a symlink inside the root leads out of it (blocking: call in a thread)."""
-    if not os.path.realpath(path).startswith(f"{root}{os.sep}"):
-        raise InvalidArgument("The key leads outside the storage root.")
-    return path
-
-
-def _open_span(root: Path, path: Path, byte_range: ByteRange | None) -> LocalStream:
-    file = open(_confine(root, path), "rb")  # noqa: SIM115 - owned by the returned stream
-    try:
-        st = os.fstat(file.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise FileNotFound("No such file.")
-        if byte_range is None:
-            return LocalStream(file, st.st_size)
-        file.seek(byte_range.start)
-        return LocalStream(file, min(byte_range.length, st.st_size - byte_range.start))
-    except BaseException:
-        file.close()
-        raise
 
 
 def _mtime(st: os.stat_result) -> datetime:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 import anyio
@@ -24,8 +24,10 @@ from app.errors import FilegateError, InvalidArgument, StorageError
 from app.storage.base import (
     Backend,
     ByteRange,
-    EmptyStream,
+    ChecksumReader,
+    Chunk,
     Fetcher,
+    Loaded,
     NewObject,
     ObjectRef,
     ObjectStream,
@@ -86,7 +88,7 @@ class FileService:
         principal.check("read", stored.file_id)
         target = self.routes.target(stored.file_id)
         if stored.info.size == 0:
-            return EmptyStream()
+            return Loaded()
         with concerning(stored.file_id):
             return await target.backend.open(stored.file_id.ref, byte_range)
 
@@ -157,7 +159,7 @@ class FileService:
         return file_id, new
 
     async def upload(
-        self, principal: Principal, request: UploadRequest, body: AsyncIterable[bytes]
+        self, principal: Principal, request: UploadRequest, body: AsyncIterable[Chunk]
     ) -> StoredFile:
         """Store one file (write scope): everything is checked before the first byte is read,
         and the body is stored completely or not at all."""
@@ -186,7 +188,13 @@ class FileService:
             self.routes.target(request.file_id)
 
         async def describe(file_id: FileId) -> StoredFile:
-            return await self.info(principal, file_id)
+            stored = await self.info(principal, file_id)
+            backend = self.routes.target(file_id).backend
+            if stored.info.crc32 is None and isinstance(backend, ChecksumReader):
+                with concerning(file_id):
+                    crc32 = await backend.stored_crc32(file_id.ref)
+                stored = StoredFile(file_id, replace(stored.info, crc32=crc32))
+            return stored
 
         async def open_whole(stored: StoredFile) -> ObjectStream:
             return await self.open(principal, stored, None)
@@ -224,7 +232,7 @@ class Uploads:
         self._single = single
         self.stored: list[StoredFile] = []
 
-    async def add(self, request: UploadRequest, body: AsyncIterable[bytes]) -> StoredFile:
+    async def add(self, request: UploadRequest, body: AsyncIterable[Chunk]) -> StoredFile:
         if self.stored and self._single:
             raise InvalidArgument("One file per request: use /files/batch-upload.")
         self._service.policy.check_batch_count(len(self.stored) + 1)

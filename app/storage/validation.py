@@ -8,6 +8,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from app.errors import FileTooLarge, InvalidArgument, InvalidFileType, TooManyFiles
+from app.storage.base import Chunk
 
 MAX_NAME_BYTES = 200
 """Leaves room for the 17-character key prefix within a file system's 255-byte name limit."""
@@ -118,7 +119,7 @@ class UploadPolicy:
         if length is not None:
             self.check_declared_size(length - FORM_OVERHEAD)
 
-    async def limit(self, body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    async def limit(self, body: AsyncIterable[Chunk]) -> AsyncIterator[Chunk]:
         """Pass ``body`` through, raising ``FileTooLarge`` as soon as it passes the limit."""
         total = 0
         async for chunk in body:

@@ -9,7 +9,8 @@ Entries are stored as they are (method STORE) when the backend knows the file's 
 reading it (every file filegate stored itself); STORE needs the CRC before the data, so a file
 whose CRC is unknown (put into a bucket by someone else) is written as deflate at level 0, which
 keeps its bytes uncompressed in stored deflate blocks. ``compression="deflate"`` deflates every
-entry. stream-zip runs in a worker thread, so compression never blocks the event loop. An archive
+entry. stream-zip runs in a worker thread of the archive's own (``zipwriter``), so neither
+compression nor its CRC checks block the event loop. An archive
 that could pass 4 GiB or 65,535 entries is written as zip64 throughout (known from the sizes
 before the first byte); any other archive is a plain zip.
 """
@@ -30,12 +31,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_AUTO, Method, async_stream_zip
+from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_AUTO, Method
 
-from app.errors import FileNotFound, FileTooLarge, InvalidArgument, StorageError
+from app.errors import FilegateError, FileNotFound, FileTooLarge, InvalidArgument, StorageError
 from app.storage.base import ObjectStream
 from app.storage.ids import FileId
 from app.storage.stored import StoredFile
+from app.storage.zipwriter import END, ZipWriter
 
 Compression = Literal["stored", "deflate"]
 HEAD_CONCURRENCY = 16
@@ -50,6 +52,15 @@ _ZIP32_MAX_ENTRIES = 0xFFFF
 _ENTRY_OVERHEAD = 256
 """More than a zip64 local header, extra fields and data descriptor add to an entry (plus its
 name, counted separately): the bound used to tell whether an archive could pass 4 GiB."""
+
+_TIMESTAMP_EXTRA = 9
+"""stream-zip writes an extended-timestamp extra field (4 + 5 bytes) with every entry."""
+_LOCAL = 30 + _TIMESTAMP_EXTRA
+_CENTRAL = 46 + _TIMESTAMP_EXTRA
+_END = 22
+_LOCAL_64 = _LOCAL + 20  # the zip64 extra field: sizes
+_CENTRAL_64 = _CENTRAL + 28  # the zip64 extra field: sizes and offset
+_END_64 = _END + 56 + 20  # the zip64 end record and its locator
 
 Describe = Callable[[FileId], Awaitable[StoredFile]]
 Opener = Callable[[StoredFile], Awaitable[ObjectStream]]
@@ -147,26 +158,60 @@ async def plan(
 class ZipStream:
     """The archive's bytes; ``aclose()`` releases every backend stream it opened."""
 
-    def __init__(self, open: Opener, entries: list[ZipEntry], compression: Compression) -> None:
+    def __init__(
+        self,
+        open: Opener,
+        entries: list[ZipEntry],
+        compression: Compression,
+        *,
+        zip64: bool | None = None,
+    ) -> None:
+        """``zip64``: None decides from the sizes (the normal case); True or False forces it."""
         self._open_stream = open
         self._entries = entries
         self._compression = compression
         names = sum(len(e.name.encode()) for e in entries)
         total = sum(e.file.info.size for e in entries) + names
         self._zip64 = (
-            len(entries) > _ZIP32_MAX_ENTRIES
-            or total + len(entries) * _ENTRY_OVERHEAD >= _ZIP32_LIMIT
+            zip64
+            if zip64 is not None
+            else (
+                len(entries) > _ZIP32_MAX_ENTRIES
+                or total + len(entries) * _ENTRY_OVERHEAD >= _ZIP32_LIMIT
+            )
         )
         self._opening: deque[asyncio.Task[ObjectStream]] = deque()
         self._open_streams: list[ObjectStream] = []
         self._closed = False
+        self._writer: ZipWriter | None = None
+        self._pump: asyncio.Task[None] | None = None
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return aiter(
-            async_stream_zip(
-                self._members(), chunk_size=OUTPUT_CHUNK, get_compressobj=self._compressobj
-            )
+    @property
+    def length(self) -> int | None:
+        """The archive's exact size when every entry is stored as it is (sizes, names and CRCs
+        known before the first byte), else ``None``. It follows stream-zip's layout of a stored
+        entry: a local header, the name, the extended-timestamp extra field (and the zip64 one),
+        the bytes; then a central directory record with the same fields; then the end records.
+        ``tests/test_zip.py`` checks it against the archives stream-zip really writes."""
+        if self._compression != "stored" or any(e.file.info.crc32 is None for e in self._entries):
+            return None
+        local, central, end = (
+            (_LOCAL_64, _CENTRAL_64, _END_64) if self._zip64 else (_LOCAL, _CENTRAL, _END)
         )
+        names = sum(len(e.name.encode()) for e in self._entries)
+        data = sum(e.file.info.size for e in self._entries)
+        return data + 2 * names + len(self._entries) * (local + central) + end
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        members = [
+            (e.name, e.file.info.last_modified, ENTRY_MODE, self._method(e)) for e in self._entries
+        ]
+        self._writer = ZipWriter(
+            members, chunk_size=OUTPUT_CHUNK, get_compressobj=self._compressobj
+        )
+        self._pump = asyncio.create_task(self._feed(self._writer))
+        async for chunk in self._writer.chunks():
+            yield chunk
 
     @staticmethod
     def _compressobj() -> Any:
@@ -185,8 +230,8 @@ class ZipStream:
         return asyncio.ensure_future(self._open_registered(entry))
 
     async def _open_registered(self, entry: ZipEntry) -> ObjectStream:
-        """Open an entry's stream where ``aclose`` will find it. Once the zip is closed (the
-        stream-zip worker may still ask for the next entry), whatever opens is closed at once."""
+        """Open an entry's stream where ``aclose`` will find it; once the zip is closed,
+        whatever still opens is closed at once."""
         stream = await self._open_stream(entry.file)
         if self._closed:
             await stream.aclose()
@@ -194,39 +239,38 @@ class ZipStream:
         self._open_streams.append(stream)
         return stream
 
-    async def _members(self) -> AsyncIterator[tuple[str, Any, int, Method, AsyncIterator[bytes]]]:
-        upcoming = iter(self._entries)
-        for entry in self._entries[:PREFETCH]:
-            self._opening.append(self._open(entry))
-            next(upcoming)
-        for entry in self._entries:
-            if self._closed:
-                return
-            stream = await self._opening.popleft()
-            following = next(upcoming, None)
-            if following is not None:
-                self._opening.append(self._open(following))
-            info = entry.file.info
-            yield (
-                entry.name,
-                info.last_modified,
-                ENTRY_MODE,
-                self._method(entry),
-                self._read(stream),
-            )
-
-    async def _read(self, stream: ObjectStream) -> AsyncIterator[bytes]:
-        """An entry's bytes; its stream is released as soon as they are all written."""
-        async for chunk in stream:
-            yield chunk
-        if stream in self._open_streams:
-            self._open_streams.remove(stream)
-        await stream.aclose()
+    async def _feed(self, writer: ZipWriter) -> None:
+        """Every entry's bytes, in order, into the writer; the next entries' streams are already
+        opening while one is written. A failure is handed to the writer, which fails the
+        archive with it."""
+        try:
+            upcoming = iter(self._entries)
+            for entry in self._entries[:PREFETCH]:
+                self._opening.append(self._open(entry))
+                next(upcoming)
+            for _ in self._entries:
+                stream = await self._opening.popleft()
+                following = next(upcoming, None)
+                if following is not None:
+                    self._opening.append(self._open(following))
+                async for chunk in stream:
+                    await writer.put(chunk)
+                await writer.put(END)
+                self._open_streams.remove(stream)
+                await stream.aclose()
+        except (FilegateError, OSError) as exc:
+            await writer.put(exc)
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._writer is not None:
+            self._writer.abort()
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, FilegateError, OSError):
+                await self._pump
         opening, self._opening = list(self._opening), deque()
         for task in opening:
             task.cancel()

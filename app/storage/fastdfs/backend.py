@@ -31,7 +31,8 @@ from aiofdfs.async_tracker_client import Async_Tracker_Client
 
 from app.errors import BackendUnavailable, FileNotFound, InvalidArgument
 from app.settings import Settings
-from app.storage.base import ByteRange, NewObject, ObjectInfo, ObjectRef
+from app.storage.base import ByteRange, Chunk, NewObject, ObjectInfo, ObjectRef
+from app.storage.budget import Budget
 from app.storage.diskio import write_in_batches
 from app.storage.fastdfs.connection import Pool, StorageClient
 from app.storage.fastdfs.errors import AIOFDFS_ERRORS, Stage, translate
@@ -53,13 +54,13 @@ class _BodyReader:
     """The ``read(n)`` that aiofdfs's streaming upload pulls from, fed by an async iterator and
     held to the size announced to the storage."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], size: int) -> None:
+    def __init__(self, chunks: AsyncIterator[Chunk], size: int) -> None:
         self._chunks = chunks
         self._left = size
         self.crc32 = 0
         """Of what was sent: the storage puts the same CRC32 in the file name and file info."""
 
-    async def read(self, n: int = -1) -> bytes:
+    async def read(self, n: int = -1) -> Chunk:
         chunk = await anext(self._chunks, b"")
         if len(chunk) > self._left:
             raise InvalidArgument("The body is longer than its declared length.")
@@ -134,12 +135,15 @@ class FastDFSStream:
                 await self._rest.aclose()
 
 
-async def open_fastdfs_backend(settings: Settings, stack: AsyncExitStack) -> FastDFSBackend:
+async def open_fastdfs_backend(
+    settings: Settings, stack: AsyncExitStack, budget: Budget
+) -> FastDFSBackend:
     """The FastDFS backend, its connections closed when ``stack`` closes."""
     backend = FastDFSBackend(
         settings.fastdfs_tracker_servers,
         settings.fastdfs_connect_timeout,
         settings.fastdfs_network_timeout,
+        budget,
     )
     stack.push_async_callback(backend.close)
     return backend
@@ -148,8 +152,11 @@ async def open_fastdfs_backend(settings: Settings, stack: AsyncExitStack) -> Fas
 class FastDFSBackend:
     name = "fastdfs"
 
-    def __init__(self, trackers: list[str], connect_timeout: float, network_timeout: float) -> None:
+    def __init__(
+        self, trackers: list[str], connect_timeout: float, network_timeout: float, budget: Budget
+    ) -> None:
         """Must run inside the event loop that will use it (aiofdfs binds to the loop)."""
+        self._budget = budget
         self._pool = Pool(trackers, connect_timeout, network_timeout, keep=16)
         self._tracker = Async_Tracker_Client(cast(AsyncConnectionPool, self._pool), -1)
         self.deadline = connect_timeout + 2 * network_timeout
@@ -202,17 +209,17 @@ class FastDFSBackend:
                     f"FastDFS tracker answered errno {header.status}.", backend="fastdfs"
                 )
 
-    async def put(self, obj: NewObject, body: AsyncIterable[bytes]) -> ObjectInfo:
+    async def put(self, obj: NewObject, body: AsyncIterable[Chunk]) -> ObjectInfo:
         records = _metadata(obj)
         if obj.size is not None:
             return await self._upload(obj, records, aiter(body), obj.size)
         with tempfile.TemporaryFile(prefix="filegate-spool-") as spool:
-            size = await write_in_batches(body, spool)
+            size = await write_in_batches(body, spool, self._budget)
             await anyio.to_thread.run_sync(spool.flush)
             return await self._upload(obj, records, _file_chunks(spool), size)
 
     async def _upload(
-        self, obj: NewObject, records: dict[str, str], chunks: AsyncIterator[bytes], size: int
+        self, obj: NewObject, records: dict[str, str], chunks: AsyncIterator[Chunk], size: int
     ) -> ObjectInfo:
         async with self._within_deadline():
             server = await self._step(

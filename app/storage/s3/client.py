@@ -6,6 +6,7 @@ aioboto3, so its parser factory can be given a faster timestamp parser.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -62,9 +63,16 @@ def botocore_session() -> AioSession:
     return session
 
 
-async def open_clients(settings: Settings, stack: AsyncExitStack) -> tuple[S3Client, S3Client]:
+async def open_clients(
+    settings: Settings, stack: AsyncExitStack, botocore: AioSession
+) -> tuple[S3Client, S3Client]:
     """The write client and the read client (the same one unless a read pair is configured)."""
-    session = aioboto3.Session(botocore_session=botocore_session())
+    session = aioboto3.Session(botocore_session=botocore)
+    # Upload parts are sent straight from their pooled buffers as memoryviews (app.storage.budget);
+    # aiohttp advises against large bodies in memory, which is exactly what a part is.
+    warnings.filterwarnings(
+        "ignore", "Sending a large body directly with raw bytes", ResourceWarning, "aiohttp"
+    )
     config = _config(settings)
 
     async def client(key_id: str | None, secret: str | None) -> S3Client:
