@@ -1,4 +1,4 @@
-"""What both benchmarks need: random files, timed curl, and filegate's peak RSS per phase."""
+"""What the benchmarks share: random files, timed curl, CPU time and peak RSS of a process."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.servers import Service
-
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def random_file(path: Path, mib: int) -> Path:
@@ -27,25 +27,42 @@ def curl(*args: str) -> tuple[float, bytes]:
     return time.perf_counter() - start, done.stdout
 
 
-def _pids(service: Service) -> list[int]:
-    """The processes that serve: the workers if uvicorn forked any, else the process itself."""
-    assert service.process is not None
-    pid = service.process.pid
+def processes(pid: int) -> list[int]:
+    """A server and its worker processes (uvicorn's, when it forked any)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(child) for child in children] or [pid]
+    return [pid, *(int(child) for child in children)]
 
 
-def reset_peak(service: Service) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all its threads) and its workers, from /proc."""
+    total = 0
+    for each in processes(pid):
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def reset_peak(pid: int) -> None:
     """Start a new phase: VmHWM restarts from the current RSS (``clear_refs`` 5)."""
-    for pid in _pids(service):
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    for each in processes(pid):
+        Path(f"/proc/{each}/clear_refs").write_text("5")
 
 
-def peak_mib(service: Service) -> float:
-    """The peak RSS since ``reset_peak``, of the largest worker."""
+def peak_mib(pid: int) -> float:
+    """The peak RSS since ``reset_peak``, of the largest process."""
     peaks = []
-    for pid in _pids(service):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for each in processes(pid):
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 peaks.append(int(line.split()[1]) / 1024)
     return max(peaks)
+
+
+def rss_mib(pid: int) -> float:
+    """The current RSS, summed over the process and its workers."""
+    total = 0
+    for each in processes(pid):
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024

@@ -45,7 +45,7 @@ def weed_binary() -> str:
     return found
 
 
-def _wait_http(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -127,7 +127,7 @@ class SeaweedFS:
         log = open(self.directory / "weed.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        _wait_http(self.endpoint, 60, self.process)
+        wait_http(self.endpoint, 60, self.process)
         self._wait_writable()
 
     def _wait_writable(self) -> None:
@@ -199,7 +199,7 @@ class Service:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        _wait_http(f"{self.url}/healthz", 30, self.process)
+        wait_http(f"{self.url}/healthz", 30, self.process)
 
     def upload(self, path: Path, name: str) -> str:
         """``curl -T`` a file; returns its id."""

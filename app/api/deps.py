@@ -14,10 +14,14 @@ from app.storage.ids import FileId, parse_file_id
 from app.storage.service import FileService
 
 
-async def get_files(request: Request) -> FileService:
+def files_of(request: Request) -> FileService:
     """The service opened by the lifespan."""
     files: FileService = request.state.files
     return files
+
+
+async def get_files(request: Request) -> FileService:
+    return files_of(request)
 
 
 FilesDep = Annotated[FileService, Depends(get_files)]

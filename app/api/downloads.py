@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from app.access import LinkTerms, Principal
 from app.api.auth import PrincipalDep, keyring_of, presented_key, signer_of
 from app.api.decision import decide, disposition, is_plain
-from app.api.deps import FileIdDep, FilesDep
+from app.api.deps import FileIdDep, FilesDep, files_of
 from app.api.errors import declare
 from app.api.responses import ObjectStreamResponse
 from app.api.schemas import Link, LinkRequest
@@ -28,6 +28,7 @@ from app.errors import (
 )
 from app.storage.base import Loaded
 from app.storage.ids import FileId, parse_file_id
+from app.storage.service import FileService
 from app.storage.stored import content_type_for
 from app.storage.validation import check_file_name
 
@@ -62,8 +63,9 @@ _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """Who downloads which file, and how it is to be served."""
+    """Who downloads which file, how it is to be served, and the service to ask."""
 
+    files: FileService
     principal: Principal
     file_id: FileId
     inline: bool
@@ -88,7 +90,7 @@ async def admit_download(
         terms = LinkTerms(str(parsed), query.expires, query.filename, query.inline)
         signer_of(request).verify(terms, query.signature)
         principal = Principal.for_link(parsed)
-    return Admitted(principal, parsed, query.inline, query.filename)
+    return Admitted(files_of(request), principal, parsed, query.inline, query.filename)
 
 
 AdmittedDep = Annotated[Admitted, Depends(admit_download)]
@@ -100,8 +102,9 @@ AdmittedDep = Annotated[Admitted, Depends(admit_download)]
     response_class=StreamingResponse,
     responses=_DOWNLOAD_RESPONSES,
 )
-async def download_file(request: Request, files: FilesDep, admitted: AdmittedDep) -> Response:
+async def download_file(request: Request, admitted: AdmittedDep) -> Response:
     """Download a file, or one byte range of it (with an API key, or through a signed link)."""
+    files = admitted.files
     if is_plain(request.headers):
         # Nothing to decide before the body: one round trip where the backend can (S3: one GET).
         stored, stream = await files.fetch(admitted.principal, admitted.file_id)
@@ -142,8 +145,9 @@ async def download_file(request: Request, files: FilesDep, admitted: AdmittedDep
     response_class=Response,
     responses=_DOWNLOAD_RESPONSES,
 )
-async def download_file_head(request: Request, files: FilesDep, admitted: AdmittedDep) -> Response:
+async def download_file_head(request: Request, admitted: AdmittedDep) -> Response:
     """The headers a download would send, without the body."""
+    files = admitted.files
     stored = await files.info(admitted.principal, admitted.file_id)
     name = admitted.filename or stored.name
     decision = decide(stored.info, name, inline=admitted.inline, request_headers=request.headers)

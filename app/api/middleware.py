@@ -18,7 +18,6 @@ import re
 import time
 from typing import Any
 
-import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import body_of
@@ -43,13 +42,14 @@ class _Ids:
 
 
 class _Watchdog:
-    """Cancels ``scope`` once a wait for the client has lasted ``seconds``."""
+    """Cancels ``task`` once a wait for the client has lasted ``seconds`` (as ``asyncio.timeout``
+    does: ``cancel`` now, ``uncancel`` where the request ends)."""
 
-    __slots__ = ("_handle", "_loop", "_scope", "_seconds", "expired", "receiving", "sending")
+    __slots__ = ("_handle", "_loop", "_seconds", "_task", "expired", "receiving", "sending")
 
-    def __init__(self, scope: anyio.CancelScope, seconds: float) -> None:
+    def __init__(self, task: asyncio.Task[Any], seconds: float) -> None:
         self._loop = asyncio.get_running_loop()
-        self._scope = scope
+        self._task = task
         self._seconds = seconds
         self.receiving: float | None = None
         self.sending: float | None = None
@@ -65,7 +65,7 @@ class _Watchdog:
                 oldest = since
                 if now - since >= self._seconds:
                     self.expired = wait
-                    self._scope.cancel()
+                    self._task.cancel()
                     return
         self._handle = self._loop.call_later(self._seconds - (now - oldest), self._check)
 
@@ -128,13 +128,17 @@ class RequestMiddleware:
                 watchdog.sending = None
 
         self.metrics.in_flight.inc()
+        task = asyncio.current_task()
+        assert task is not None
+        watchdog = _Watchdog(task, self.client_timeout)
         try:
-            with anyio.CancelScope() as cancel:
-                watchdog = _Watchdog(cancel, self.client_timeout)
-                try:
-                    await self.app(scope, counting_receive, tagging_send)
-                finally:
-                    watchdog.stop()
+            try:
+                await self.app(scope, counting_receive, tagging_send)
+            except asyncio.CancelledError:
+                if watchdog.expired is None or task.uncancel() > 0:
+                    raise  # not ours: the server is shutting down
+            finally:
+                watchdog.stop()
             if watchdog.expired == "receiving" and not response_started:
                 problem = RequestTimeout(
                     f"No request data for {self.client_timeout:g} s. Send the request faster."

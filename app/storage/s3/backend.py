@@ -271,15 +271,8 @@ class S3Backend:
     async def _get(
         self, ref: ObjectRef, byte_range: ByteRange | None
     ) -> tuple[ObjectInfo, ObjectStream]:
-        info, stream = await self._objects.get(ref, byte_range)
-        length = byte_range.length if byte_range is not None else info.size
-        if length > INLINE_READ:
-            return info, stream
-        try:
-            data = b"".join([chunk async for chunk in stream])
-        finally:
-            await stream.aclose()
-        return info, Loaded(data)
+        info, body = await self._objects.get(ref, byte_range, whole_below=INLINE_READ)
+        return info, Loaded(body) if isinstance(body, bytes) else body
 
     async def presign(
         self, ref: ObjectRef, expires_in: int, *, content_disposition: str, content_type: str

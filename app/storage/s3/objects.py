@@ -135,14 +135,21 @@ class ObjectClient:
         return _info(ref, answer)
 
     async def get(
-        self, ref: ObjectRef, byte_range: ByteRange | None = None
-    ) -> tuple[ObjectInfo, BodyStream]:
+        self, ref: ObjectRef, byte_range: ByteRange | None = None, *, whole_below: int = 0
+    ) -> tuple[ObjectInfo, BodyStream | bytes]:
+        """Start a GET: what is known of the object, and its body as a stream, or read whole
+        when it is shorter than ``whole_below`` (one crossing into obstore instead of one per
+        chunk and one more for the end)."""
         options: GetOptions = {}
         if byte_range is not None:
             options["range"] = (byte_range.start, byte_range.end + 1)
         with translate():
             answer = await obstore.get_async(self._read[ref.bucket], ref.key, options=options)
-        return _info(ref, answer), BodyStream(answer)
+            info = _info(ref, answer)
+            length = byte_range.length if byte_range is not None else info.size
+            if length < whole_below:
+                return info, bytes(await answer.bytes_async())
+        return info, BodyStream(answer)
 
     async def put(
         self, ref: ObjectRef, data: Chunk, content_type: str, user_metadata: Mapping[str, str]
