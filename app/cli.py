@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import atexit
+import logging.config
 import os
 import shutil
 import sys
@@ -14,6 +16,7 @@ from pydantic import ValidationError
 
 from app.logs import log_config
 from app.metrics import MULTIPROC_ENV
+from app.preflight import Misconfigured, preflight
 from app.settings import Settings, describe_errors
 
 
@@ -53,6 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         print(describe_errors(exc), file=sys.stderr)
         sys.exit(2)
+    logging_config = log_config(settings.log_format, args.log_level or settings.log_level)
+    logging.config.dictConfig(logging_config)  # for the start-up checks; uvicorn applies it again
+    try:
+        asyncio.run(preflight(settings))
+    except Misconfigured as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
     if args.workers > 1 and not os.environ.get(MULTIPROC_ENV):
         # Workers inherit it, so /metrics adds up all of them.
         directory = tempfile.mkdtemp(prefix="filegate-metrics-")
@@ -64,10 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        log_config=log_config(settings.log_format, args.log_level or settings.log_level),
+        log_config=logging_config,
         access_log=False,  # one richer line per request comes from app.api.middleware
         proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        http="app.server:GuardedProtocol",  # header timeout and connection cap
     )
 
 

@@ -65,5 +65,8 @@ def log_config(fmt: str, level: str) -> dict[str, Any]:
             "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},
             "uvicorn.access": {"handlers": [], "propagate": False},  # ours is richer
             "app": {"handlers": ["default"], "level": level.upper(), "propagate": False},
+            # aiofdfs logs every failure it raises (in Chinese); filegate translates and
+            # reports them itself (docs/fastdfs.md, D6), so only its criticals are kept.
+            "aiofdfs": {"handlers": ["default"], "level": "CRITICAL", "propagate": False},
         },
     }

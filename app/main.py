@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
             _settle_the_heap()
             yield {
-                "files": FileService(routes, policy, zip_limits),
+                "files": FileService(routes, policy, zip_limits, timeout=settings.backend_timeout),
                 "keyring": keyring,
                 "links": LinkSigner(
                     reveal(settings.signing_secret),

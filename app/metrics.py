@@ -48,6 +48,20 @@ class Metrics:
             ["backend", "code"],
             registry=registry,
         )
+        self.breaker_open = Gauge(
+            "filegate_backend_breaker_open",
+            "1 while a backend's breaker is open (it kept failing; requests fail fast)",
+            ["backend"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self.breaker_rejected = Gauge(
+            "filegate_backend_breaker_rejected",
+            "Requests answered 503 by an open breaker, without asking the backend",
+            ["backend"],
+            multiprocess_mode="sum",
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "filegate_requests_in_flight",
             "Requests being served",

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     s3_multipart_checksum: Literal["crc32", "none"] = "crc32"
 
     fastdfs_tracker_servers: CommaList = Field(default_factory=list)
+    fastdfs_groups: CommaList = Field(default_factory=list)
     fastdfs_connect_timeout: float = Field(default=3, gt=0)
     fastdfs_network_timeout: float = Field(default=30, gt=0)
     fastdfs_download_enabled: bool = True
@@ -76,6 +77,14 @@ class Settings(BaseSettings):
     max_file_size: ByteSize = ByteSize(0)
     file_whitelist: CommaList = Field(default_factory=list)
     file_blacklist: CommaList = Field(default_factory=list)
+
+    backend_timeout: float = Field(default=10, gt=0)
+    backend_idle_timeout: float = Field(default=30, gt=0)
+    breaker_failures: int = Field(default=5, gt=0)
+    breaker_backoff: float = Field(default=5, gt=0)
+
+    client_header_timeout: float = Field(default=10, gt=0)
+    max_connections: int = Field(default=4096, gt=0)
 
     max_batch_files: int = Field(default=100, gt=0)
     upload_memory: ByteSize = ByteSize(128 * 1024 * 1024)
@@ -98,6 +107,7 @@ class Settings(BaseSettings):
         "file_whitelist",
         "file_blacklist",
         "fastdfs_tracker_servers",
+        "fastdfs_groups",
         "cors_allow_origins",
         mode="before",
     )(_split_commas)

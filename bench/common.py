@@ -20,11 +20,22 @@ def random_file(path: Path, mib: int) -> Path:
     return path
 
 
+class TransferFailed(Exception):
+    """curl failed: the HTTP status or curl's own error, and what the server said."""
+
+
 def curl(*args: str) -> tuple[float, bytes]:
-    """Run ``curl -sS -f`` and return (seconds, stdout); a failed transfer raises."""
+    """Run curl and return (seconds, body); a failed transfer raises ``TransferFailed``."""
     start = time.perf_counter()
-    done = subprocess.run(["curl", "-sS", "-f", *args], capture_output=True, check=True)
-    return time.perf_counter() - start, done.stdout
+    done = subprocess.run(
+        ["curl", "-sS", "--fail-with-body", "-w", "\n%{http_code}", *args], capture_output=True
+    )
+    seconds = time.perf_counter() - start
+    body, _, status = done.stdout.rpartition(b"\n")
+    if done.returncode != 0:
+        said = body[-300:].decode(errors="replace")
+        raise TransferFailed(f"HTTP {status.decode()} (curl {done.returncode}): {said}")
+    return seconds, body
 
 
 def processes(pid: int) -> list[int]:

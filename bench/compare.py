@@ -39,13 +39,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
 
 from bench import fdfs_direct
-from bench.common import GiB, MiB, cpu_seconds, curl, peak_mib, random_file, reset_peak
+from bench.common import (
+    GiB,
+    MiB,
+    TransferFailed,
+    cpu_seconds,
+    curl,
+    peak_mib,
+    random_file,
+    reset_peak,
+)
 from bench.peer import Peer
 from tests.servers import ADMIN, HOST, SeaweedFS, Service, free_ports, weed_binary
 
@@ -110,13 +120,19 @@ class Bench:
             self.record(f"{name} rss", peak_mib(pid))
             self.record(name, load.rps)
 
-    def transfer(self, name: str, pid: int, mib: int, *curl_args: str) -> bytes:
+    def transfer(self, name: str, pid: int, mib: int, *curl_args: str) -> bytes | None:
+        """A measured transfer; a failure is recorded (and printed), not raised."""
         gib = mib * MiB / GiB
 
         def run() -> tuple[float, bytes]:
             return curl(*curl_args)
 
-        seconds, body = self.measured(name, pid, gib, run)
+        try:
+            seconds, body = self.measured(name, pid, gib, run)
+        except TransferFailed as exc:
+            print(f"{name} failed: {exc}", file=sys.stderr, flush=True)
+            self.failed.add(name)
+            return None
         self.record(name, mib / seconds)
         return body
 
@@ -220,10 +236,12 @@ def run_once(bench: Bench, sides: dict[str, Service | Peer], seaweed: SeaweedFS)
         if side != "peer":
             url = f"{server.url}/files/upload/big.bin"
             bench.transfer(f"upload -T {side}", pid, mib, *auth, "-T", str(big), url)
-        body = bench.transfer(
+        uploaded = bench.transfer(
             f"upload -F {side}", pid, mib, *auth, "-F", f"file=@{big}", f"{server.url}/files/upload"
         )
-        big_id = json.loads(body)["file_id"]
+        if uploaded is None:
+            continue
+        big_id = json.loads(uploaded)["file_id"]
         download = f"{server.url}/files/{quote(big_id)}/download"
         bench.transfer(f"download {side}", pid, mib, *auth, "-o", "/dev/null", download)
 
@@ -247,11 +265,8 @@ def run_once(bench: Bench, sides: dict[str, Service | Peer], seaweed: SeaweedFS)
             ids.append(json.loads(body)["file_id"])
         request = json.dumps([{"file_id": i} for i in ids])
         args = [*keys_header, "-H", "Content-Type: application/json", "--data-binary", request]
-        try:
-            bench.transfer(f"zip {side}", server.process.pid, total, *args, "-o", "/dev/null",
-                           f"{server.url}/files/download-zip")  # fmt: skip
-        except subprocess.CalledProcessError:
-            bench.failed.add(f"zip {side}")
+        bench.transfer(f"zip {side}", server.process.pid, total, *args, "-o", "/dev/null",
+                       f"{server.url}/files/download-zip")  # fmt: skip
 
     # FastDFS, against the emulator
     assert fdfs.process is not None
@@ -262,16 +277,26 @@ def run_once(bench: Bench, sides: dict[str, Service | Peer], seaweed: SeaweedFS)
     started = time.perf_counter()
     fdfs_direct.download(tracker, fid)
     bench.record("fastdfs download direct", mib / (time.perf_counter() - started))
-    body = bench.transfer(
+    uploaded = bench.transfer(
         "fastdfs upload filegate", fdfs.process.pid, mib, "-H", AUTH, "-T", str(big),
         f"{fdfs.url}/files/upload/big.bin",
     )  # fmt: skip
-    big_id = json.loads(body)["file_id"]
+    assert uploaded is not None, "filegate's FastDFS upload failed"
+    big_id = json.loads(uploaded)["file_id"]
     bench.transfer(
         "fastdfs download filegate", fdfs.process.pid, mib, "-H", AUTH, "-o", "/dev/null",
         f"{fdfs.url}/files/{quote(big_id)}/download",
     )  # fmt: skip
     sides["fastdfs"] = fdfs
+    _empty(s3)
+
+
+def _empty(s3: Any) -> None:
+    """Delete what the run stored in the bucket, so runs do not pile up in SeaweedFS."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=BUCKET, Delete={"Objects": keys})
 
 
 def _table(bench: Bench, runs: int) -> str:

@@ -163,6 +163,11 @@ class Storage(_Server):
         if cmd in (UPLOAD_FILE, UPLOAD_APPENDER_FILE):
             await self._upload(pkg_len, reader, writer, appender=cmd == UPLOAD_APPENDER_FILE)
             return
+        if cmd == ACTIVE_TEST:
+            if pkg_len:
+                await self._invalid(writer)
+            await _reply(writer, 0)
+            return
         if cmd not in (DELETE_FILE, SET_METADATA, DOWNLOAD_FILE, GET_METADATA, QUERY_FILE_INFO):
             await self._invalid(writer)
         if pkg_len > MAX_PKG:

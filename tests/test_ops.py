@@ -18,7 +18,6 @@ from tests.conftest import (
     fastdfs_settings,
     s3_settings,
     serve,
-    unique_bucket,
 )
 from tests.fdfs_emulator import FastDFS
 from tests.servers import SeaweedFS, Service
@@ -170,19 +169,19 @@ def test_request_id_is_echoed_and_logged_as_json(tmp_path: Path) -> None:
     assert missing["route"] == "/files/{file_id:path}/info"
 
 
-def test_backend_errors_are_logged_with_the_request_id_and_no_secret(
+async def test_backend_errors_are_logged_with_the_request_id_and_no_secret(
     private_seaweed: SeaweedFS, tmp_path: Path
 ) -> None:
-    env = private_seaweed.service_env(unique_bucket())
+    env = private_seaweed.service_env(await created_bucket(private_seaweed.endpoint))
     service = Service({**env, "LOG_FORMAT": "json"})
     service.start(tmp_path, "--log-level", "info")
     try:
         private_seaweed.stop()
-        response = httpx.get(
-            f"{service.url}/files/s3:{env['S3_DEFAULT_BUCKET']}/0123456789abcdef_x/info",
-            headers={"X-Request-ID": "s3-down-1"},
-            timeout=60,
-        )
+        async with httpx.AsyncClient(timeout=60) as client:
+            response = await client.get(
+                f"{service.url}/files/s3:{env['S3_DEFAULT_BUCKET']}/0123456789abcdef_x/info",
+                headers={"X-Request-ID": "s3-down-1"},
+            )
         assert response.status_code == 503
     finally:
         service.stop()

@@ -19,6 +19,7 @@ import pytest
 from app.access import ALL_SCOPES, Principal, Scope
 from app.errors import Forbidden
 from app.storage.base import ByteRange, Chunk, NewObject, ObjectInfo, ObjectRef, ObjectStream
+from app.storage.breaker import Breaker
 from app.storage.budget import Budget
 from app.storage.fusion import Routes, Target
 from app.storage.ids import FileId
@@ -100,7 +101,8 @@ UNGUARDED = {"readiness": "operational: it reads no file and names none"}
 @pytest.fixture
 async def world(tmp_path: Path) -> World:
     backend = Recorder(LocalBackend(tmp_path / "data", Budget(64 * MiB, 1)))
-    routes = Routes({"local": Target(backend, frozenset({"files"}), "files")}, "local")
+    breaker = Breaker("local", failures=5, backoff=5)
+    routes = Routes({"local": Target(backend, frozenset({"files"}), "files", breaker)}, "local")
     service = FileService(routes, UploadPolicy(), ZipLimits())
     stored = await service.upload(OWNER, UploadRequest("kept.txt", folder="team"), body(b"kept"))
     backend.calls.clear()

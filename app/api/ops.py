@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.access import key_matches
 from app.api.auth import presented_key
-from app.api.deps import FilesDep
+from app.api.deps import FilesDep, files_of
 from app.api.schemas import Health
 from app.errors import Unauthorized
 
@@ -20,6 +22,9 @@ READINESS_TIMEOUT = 2.0
 class BackendStatus(BaseModel):
     ok: bool
     latency_ms: float
+    breaker: Literal["closed", "open", "half-open"] = Field(
+        description="open: the backend kept failing and requests to it are refused for a while"
+    )
     error: str | None = None
 
 
@@ -44,8 +49,13 @@ async def readyz(files: FilesDep) -> JSONResponse:
     """Every configured backend answers (checked now, each within 2 s)."""
     results = await files.readiness(READINESS_TIMEOUT)
     backends = {
-        name: BackendStatus(ok=ok, latency_ms=round(ms, 1), error=problem)
-        for name, (ok, ms, problem) in results.items()
+        name: BackendStatus(
+            ok=health.ok,
+            latency_ms=round(health.latency_ms, 1),
+            breaker=health.breaker,
+            error=health.problem,
+        )
+        for name, health in results.items()
     }
     ready = all(status.ok for status in backends.values())
     body = Readiness(status="ok" if ready else "unavailable", backends=backends)
@@ -58,6 +68,8 @@ async def metrics(request: Request) -> Response:
     required: str | None = request.state.metrics_key
     if required is not None and not key_matches(presented_key(request.headers), required):
         raise Unauthorized("/metrics needs METRICS_API_KEY.")
-    return Response(
-        request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-    )
+    metrics = request.app.state.metrics
+    for name, target in files_of(request).routes.targets.items():
+        metrics.breaker_open.labels(name).set(1 if target.breaker.state == "open" else 0)
+        metrics.breaker_rejected.labels(name).set(target.breaker.rejected)
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -16,6 +16,7 @@ from typing import Literal
 from app.errors import BucketNotAllowed, DeleteNotSupported, RouteNotSupported
 from app.settings import Settings
 from app.storage.base import Backend
+from app.storage.breaker import Breaker
 from app.storage.budget import Budget
 from app.storage.fastdfs import open_fastdfs_backend
 from app.storage.ids import BackendName, FileId
@@ -40,12 +41,14 @@ ENABLED: dict[StorageMode, tuple[BackendName, ...]] = {
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A backend together with the buckets it may touch and where uploads go by default."""
+    """A backend together with the buckets it may touch, where uploads go by default, and the
+    breaker that stops waiting on it while it keeps failing."""
 
     backend: Backend
     buckets: frozenset[str]
     """The allowlist; empty means any (FastDFS groups are chosen by the tracker)."""
     default_bucket: str
+    breaker: Breaker
     readable: bool = True
     deletable: bool = True
 
@@ -84,12 +87,19 @@ async def open_routes(settings: Settings, stack: AsyncExitStack, budget: Budget)
     mode: StorageMode = settings.storage_mode
     targets: dict[BackendName, Target] = {}
     for name in ENABLED[mode]:
+        breaker = Breaker(
+            name, failures=settings.breaker_failures, backoff=settings.breaker_backoff
+        )
         if name == "local":
             local = await open_local_backend(settings, budget)
-            targets[name] = Target(local, frozenset({settings.local_bucket}), settings.local_bucket)
+            targets[name] = Target(
+                local, frozenset({settings.local_bucket}), settings.local_bucket, breaker
+            )
         elif name == "s3":
             s3 = await open_s3_backend(settings, stack, budget)
-            targets[name] = Target(s3, settings.allowed_s3_buckets, settings.s3_default_bucket)
+            targets[name] = Target(
+                s3, settings.allowed_s3_buckets, settings.s3_default_bucket, breaker
+            )
         else:
             fastdfs = await open_fastdfs_backend(settings, stack, budget)
             legacy = mode == "hybrid"  # the switches guard legacy files in hybrid mode only
@@ -97,6 +107,7 @@ async def open_routes(settings: Settings, stack: AsyncExitStack, budget: Budget)
                 fastdfs,
                 frozenset(),  # the tracker chooses the group
                 "",
+                breaker,
                 readable=settings.fastdfs_download_enabled or not legacy,
                 deletable=settings.fastdfs_delete_enabled or not legacy,
             )

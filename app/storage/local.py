@@ -120,7 +120,9 @@ class LocalBackend:
         try:
             await _run(self.check_writable)
         except OSError as exc:
-            raise _translate(exc) from exc
+            raise StorageError(
+                f"{self._root} is not a writable directory ({exc.strerror})", backend="local"
+            ) from exc
 
     def check_writable(self) -> None:
         os.makedirs(self._root, exist_ok=True)

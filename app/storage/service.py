@@ -12,17 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 import anyio
 
 from app.access import Principal
-from app.errors import FilegateError, InvalidArgument, StorageError
+from app.errors import BackendUnavailable, FilegateError, InvalidArgument, StorageError
 from app.storage.base import (
-    Backend,
     ByteRange,
     ChecksumReader,
     Chunk,
@@ -33,7 +32,8 @@ from app.storage.base import (
     ObjectStream,
     Presigner,
 )
-from app.storage.fusion import Routes
+from app.storage.breaker import State
+from app.storage.fusion import Routes, Target
 from app.storage.ids import FileId, new_key
 from app.storage.stored import StoredFile, content_type_for
 from app.storage.validation import UploadPolicy, check_file_name, check_folder, check_metadata
@@ -53,6 +53,39 @@ def concerning(file_id: FileId | None) -> Iterator[None]:
         raise
 
 
+@asynccontextmanager
+async def calling(
+    target: Target, file_id: FileId | None, deadline: float | None
+) -> AsyncIterator[None]:
+    """Around one backend operation: fail fast while its breaker is open, give up after
+    ``deadline`` seconds (retries included; None for work that streams a client's body), and
+    name the file on the error."""
+    with concerning(file_id):
+        async with target.breaker.guard():
+            if deadline is None:
+                yield
+                return
+            try:
+                async with asyncio.timeout(deadline):
+                    yield
+            except TimeoutError as exc:
+                name = target.backend.name
+                raise BackendUnavailable(
+                    f"{name} did not answer within {deadline:g} s; try again later.",
+                    backend=name,
+                ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """One backend's readiness."""
+
+    ok: bool
+    latency_ms: float
+    problem: str | None
+    breaker: State
+
+
 @dataclass(frozen=True, slots=True)
 class UploadRequest:
     """What a client asks to store, before any of it is checked."""
@@ -69,16 +102,20 @@ class UploadRequest:
 class FileService:
     """Authorizes, routes and checks every file operation (the routers' only dependency)."""
 
-    def __init__(self, routes: Routes, policy: UploadPolicy, zip_limits: ZipLimits) -> None:
+    def __init__(
+        self, routes: Routes, policy: UploadPolicy, zip_limits: ZipLimits, *, timeout: float = 10
+    ) -> None:
         self.routes = routes
         self.policy = policy
         self.zip_limits = zip_limits
+        self.timeout = timeout
+        """``BACKEND_TIMEOUT``: seconds a backend operation that streams no body may take."""
 
     async def info(self, principal: Principal, file_id: FileId) -> StoredFile:
         """What is known of a file (read scope)."""
         principal.check("read", file_id)
         target = self.routes.target(file_id)
-        with concerning(file_id):
+        async with calling(target, file_id, self.timeout):
             return StoredFile(file_id, await target.backend.head(file_id.ref))
 
     async def open(
@@ -89,17 +126,18 @@ class FileService:
         target = self.routes.target(stored.file_id)
         if stored.info.size == 0:
             return Loaded()
-        with concerning(stored.file_id):
+        async with calling(target, stored.file_id, self.timeout):
             return await target.backend.open(stored.file_id.ref, byte_range)
 
     async def fetch(self, principal: Principal, file_id: FileId) -> tuple[StoredFile, ObjectStream]:
         """``info`` and ``open`` of the whole file, in one backend round trip where it can."""
         principal.check("read", file_id)
-        backend = self.routes.target(file_id).backend
+        target = self.routes.target(file_id)
+        backend = target.backend
         if not isinstance(backend, Fetcher):
             stored = await self.info(principal, file_id)
             return stored, await self.open(principal, stored, None)
-        with concerning(file_id):
+        async with calling(target, file_id, self.timeout):
             info, stream = await backend.fetch(file_id.ref)
         return StoredFile(file_id, info), stream
 
@@ -114,13 +152,14 @@ class FileService:
     ) -> str:
         """A URL the file's own storage serves; ``InvalidArgument`` where there is none."""
         principal.check("read", stored.file_id)
-        backend = self.routes.target(stored.file_id).backend
+        target = self.routes.target(stored.file_id)
+        backend = target.backend
         if not isinstance(backend, Presigner):
             raise InvalidArgument(
                 f"Direct links exist for S3 files only, not {backend.name}.",
                 file_id=str(stored.file_id),
             )
-        with concerning(stored.file_id):
+        async with calling(target, stored.file_id, self.timeout):
             return await backend.presign(
                 stored.file_id.ref,
                 expires_in,
@@ -132,7 +171,7 @@ class FileService:
         """Delete a file (delete scope); one that is already gone is not an error."""
         principal.check("delete", file_id)
         target = self.routes.target(file_id, deleting=True)
-        with concerning(file_id):
+        async with calling(target, file_id, self.timeout):
             await target.backend.delete(file_id.ref)
 
     def _new_object(self, principal: Principal, request: UploadRequest) -> tuple[FileId, NewObject]:
@@ -164,8 +203,9 @@ class FileService:
         """Store one file (write scope): everything is checked before the first byte is read,
         and the body is stored completely or not at all."""
         file_id, new = self._new_object(principal, request)
-        backend = self.routes.targets[file_id.backend].backend
-        info = await backend.put(new, self.policy.limit(body))
+        target = self.routes.targets[file_id.backend]
+        async with calling(target, None, None):  # the backend bounds each of its own requests
+            info = await target.backend.put(new, self.policy.limit(body))
         # FastDFS names the file itself; the other backends store it where they were asked.
         return StoredFile(FileId(file_id.backend, info.ref), info)
 
@@ -189,9 +229,10 @@ class FileService:
 
         async def describe(file_id: FileId) -> StoredFile:
             stored = await self.info(principal, file_id)
-            backend = self.routes.target(file_id).backend
+            target = self.routes.target(file_id)
+            backend = target.backend
             if stored.info.crc32 is None and isinstance(backend, ChecksumReader):
-                with concerning(file_id):
+                async with calling(target, file_id, self.timeout):
                     crc32 = await backend.stored_crc32(file_id.ref)
                 stored = StoredFile(file_id, replace(stored.info, crc32=crc32))
             return stored
@@ -202,24 +243,31 @@ class FileService:
         entries = await plan(requests, describe, self.zip_limits)
         return ZipStream(open_whole, entries, compression)
 
-    async def readiness(self, seconds_each: float) -> dict[str, tuple[bool, float, str | None]]:
-        """Check every enabled backend at once: name -> (ok, latency in ms, problem).
+    async def readiness(self, seconds_each: float) -> dict[str, Health]:
+        """Check every enabled backend at once, each within ``seconds_each``; a backend whose
+        breaker is open is not ready, whatever its check says.
 
         Operational, not a file operation: it needs no principal and reads no file.
         """
 
-        async def probe(backend: Backend) -> tuple[bool, float, str | None]:
+        async def probe(target: Target) -> Health:
             started = time.perf_counter()
+            problem: str | None = None
             try:
                 async with asyncio.timeout(seconds_each):
-                    await backend.check()
-            except (StorageError, TimeoutError) as exc:
-                problem = exc.detail if isinstance(exc, StorageError) else "no answer in time"
-                return False, (time.perf_counter() - started) * 1000, problem
-            return True, (time.perf_counter() - started) * 1000, None
+                    await target.backend.check()
+            except StorageError as exc:
+                problem = exc.detail
+            except TimeoutError:
+                problem = "no answer in time"
+            state = target.breaker.state
+            if problem is None and state == "open":
+                problem = "it kept failing: requests are refused for a short while"
+            latency = (time.perf_counter() - started) * 1000
+            return Health(problem is None, latency, problem, state)
 
         names = list(self.routes.targets)
-        results = await asyncio.gather(*(probe(self.routes.targets[n].backend) for n in names))
+        results = await asyncio.gather(*(probe(self.routes.targets[n]) for n in names))
         return dict(zip(names, results, strict=True))
 
 

@@ -144,6 +144,8 @@ async def open_fastdfs_backend(
         settings.fastdfs_connect_timeout,
         settings.fastdfs_network_timeout,
         budget,
+        settings.backend_timeout,
+        tuple(settings.fastdfs_groups),
     )
     stack.push_async_callback(backend.close)
     return backend
@@ -153,14 +155,22 @@ class FastDFSBackend:
     name = "fastdfs"
 
     def __init__(
-        self, trackers: list[str], connect_timeout: float, network_timeout: float, budget: Budget
+        self,
+        trackers: list[str],
+        connect_timeout: float,
+        network_timeout: float,
+        budget: Budget,
+        timeout: float = 10,
+        groups: tuple[str, ...] = (),
     ) -> None:
+        self._groups = groups
         """Must run inside the event loop that will use it (aiofdfs binds to the loop)."""
         self._budget = budget
         self._pool = Pool(trackers, connect_timeout, network_timeout, keep=16)
         self._tracker = Async_Tracker_Client(cast(AsyncConnectionPool, self._pool), -1)
-        self.deadline = connect_timeout + 2 * network_timeout
-        """Seconds for one whole control operation (tracker query plus storage exchange)."""
+        self.deadline = timeout
+        """``BACKEND_TIMEOUT``: seconds for one whole control operation (tracker query plus
+        storage exchange); body streams are bounded per read by ``network_timeout``."""
 
     async def close(self) -> None:
         await self._pool.close_all()
@@ -194,19 +204,34 @@ class FastDFSBackend:
         return server
 
     async def check(self) -> None:
-        """ACTIVE_TEST against the first tracker that answers."""
+        """What serving needs: a tracker answers (ACTIVE_TEST), it names a storage server for
+        each group of ``FASTDFS_GROUPS`` (or, without that setting, for a new upload), and that
+        storage answers ACTIVE_TEST. A tracker names a group's storage only while it is alive
+        (errno 2 otherwise); the storage's own answer covers the seconds before the tracker
+        notices it died."""
         async with self._within_deadline():
-            await self._step("tracker", self._active_test())
+            await self._step("tracker", self._active_test(self._pool))
+            if self._groups:
+                for group in self._groups:
+                    query = self._tracker.tracker_query_storage_stor_with_group(group)
+                    await self._check_storage(await self._step("tracker", query))
+            else:
+                query = self._tracker.tracker_query_storage_stor_without_group()
+                await self._check_storage(await self._step("tracker", query))
 
-    async def _active_test(self) -> None:
-        async with await self._pool.get_connection() as connection:
+    async def _check_storage(self, server: Storage_server) -> None:
+        storage = self._storage(server)
+        await self._step("storage", self._active_test(storage.connections))
+
+    async def _active_test(self, pool: Pool) -> None:
+        async with await pool.get_connection() as connection:
             header = Tracker_header()
             header.cmd = ACTIVE_TEST
             await header.send_header(connection)
             await header.recv_header(connection)
             if header.status != 0:
                 raise BackendUnavailable(
-                    f"FastDFS tracker answered errno {header.status}.", backend="fastdfs"
+                    f"FastDFS answered ACTIVE_TEST with errno {header.status}.", backend="fastdfs"
                 )
 
     async def put(self, obj: NewObject, body: AsyncIterable[Chunk]) -> ObjectInfo:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
+import logging
 import zlib
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -30,7 +30,7 @@ import aiohttp
 import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
-from app.errors import FileTooLarge
+from app.errors import BackendUnavailable, FilegateError, FileTooLarge
 from app.settings import Settings, reveal
 from app.storage.base import (
     ByteRange,
@@ -44,16 +44,30 @@ from app.storage.base import (
 from app.storage.budget import Budget, BufferPool, Held
 from app.storage.s3 import metadata
 from app.storage.s3.client import botocore_session, open_clients
-from app.storage.s3.errors import error_code, translate_errors
+from app.storage.s3.errors import (
+    UNREACHABLE,
+    S3Refusal,
+    Trouble,
+    error_code,
+    refusal,
+    translate_errors,
+)
 from app.storage.s3.objects import ObjectClient, chain_credentials, static_credentials
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 else:
     S3Client = Any
 
-PART_SIZE = 8 * 1024 * 1024
+MiB = 1024 * 1024
+PART_SIZE = 8 * MiB
 PARTS_IN_FLIGHT = 2
+CLEANUP_RETRIES = (1, 2, 4, 8, 15, 30, 60, 60, 60)
+"""Seconds between attempts to clean up a failed upload while S3 is unreachable (about 4 min)."""
+CLEANUP_AGAIN = 10
+"""Seconds after a successful clean-up before it is repeated once."""
 MAX_PARTS = 10_000
 """S3's limit: with 8 MiB parts, one upload holds at most 78 GiB."""
 SMALL_BODY = 256 * 1024
@@ -87,6 +101,8 @@ async def open_s3_backend(settings: Settings, stack: AsyncExitStack, budget: Bud
         buckets=settings.allowed_s3_buckets,
         write=write_credentials,
         read=read_credentials,
+        timeout=settings.backend_timeout,
+        idle_timeout=settings.backend_idle_timeout,
     )
     backend = S3Backend(
         write,
@@ -95,7 +111,9 @@ async def open_s3_backend(settings: Settings, stack: AsyncExitStack, budget: Bud
         BufferPool(budget, PART_SIZE),
         probe_bucket=settings.s3_default_bucket,
         multipart_checksums=settings.s3_multipart_checksum == "crc32",
+        timeout=settings.backend_timeout,
     )
+    stack.push_async_callback(backend.close)
     if settings.s3_create_bucket:
         await backend.ensure_bucket(settings.s3_default_bucket, settings.s3_region)
     return backend
@@ -114,7 +132,10 @@ class S3Backend:
         parts_in_flight: int = PARTS_IN_FLIGHT,
         probe_bucket: str = "files",
         multipart_checksums: bool = True,
+        timeout: float = 10,
     ) -> None:
+        self._timeout = timeout
+        self._cleanup: set[asyncio.Task[None]] = set()
         self._write = write_client
         self._read = read_client
         self._objects = objects
@@ -125,22 +146,44 @@ class S3Backend:
         self._checksums = multipart_checksums
 
     async def ensure_bucket(self, bucket: str, region: str) -> None:
-        """Create ``bucket`` if ``head_bucket`` says it is missing; any other answer is an error."""
+        """Create ``bucket`` if it does not exist (with the write pair); ``S3Refusal`` if S3
+        cannot be asked, or refuses."""
         try:
-            await self._write.head_bucket(Bucket=bucket)
+            await self.probe_read(bucket, client=self._write)
             return
-        except ClientError as exc:
-            if error_code(exc) not in {"404", "NoSuchBucket"}:
-                with translate_errors(writing=True):
-                    raise
-        with translate_errors(writing=True):
-            if region == "us-east-1":
-                await self._write.create_bucket(Bucket=bucket)
-            else:
+        except S3Refusal as exc:
+            if exc.kind != Trouble.NO_BUCKET:
+                raise
+        config = {} if region == "us-east-1" else {"LocationConstraint": region}
+        try:
+            async with asyncio.timeout(self._timeout):
                 await self._write.create_bucket(
                     Bucket=bucket,
-                    CreateBucketConfiguration={"LocationConstraint": region},  # type: ignore[typeddict-item]
+                    **({"CreateBucketConfiguration": config} if config else {}),  # type: ignore[arg-type]
                 )
+        except (ClientError, BotoCoreError, *UNREACHABLE) as exc:
+            raise refusal(exc, reading=False) from exc
+
+    async def probe_read(self, bucket: str, *, client: S3Client | None = None) -> None:
+        """List one key of ``bucket`` (the read pair by default); ``S3Refusal`` if that fails.
+        The answer must be S3's XML, so an endpoint that is not S3 cannot pass."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await (client or self._read).list_objects_v2(Bucket=bucket, MaxKeys=1)
+        except (ClientError, BotoCoreError, *UNREACHABLE) as exc:
+            raise refusal(exc, reading=client is None) from exc
+
+    async def probe_write(self, bucket: str, key: str) -> None:
+        """Start a multipart upload at ``key`` with the write pair and abort it at once: it
+        proves the pair may write there, and leaves nothing behind."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                created = await self._write.create_multipart_upload(Bucket=bucket, Key=key)
+                await self._write.abort_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=created["UploadId"]
+                )
+        except (ClientError, BotoCoreError, *UNREACHABLE) as exc:
+            raise refusal(exc, reading=False) from exc
 
     async def put(self, obj: NewObject, body: AsyncIterable[Chunk]) -> ObjectInfo:
         chunks = aiter(body)
@@ -148,39 +191,48 @@ class S3Backend:
             pieces, crc, ended = await _collect(chunks, SMALL_BODY, held)
             if ended:  # small: one PUT of the chunks as they came
                 data = b"".join(pieces)
-                etag = await self._objects.put(
-                    obj.ref, data, obj.content_type, metadata.encode(obj, crc)
-                )
+                etag = await self._put_whole(obj, data, crc)
                 return _stored(obj, len(data), etag, crc)
             parts = _Parts(self._pool, chunks, pieces)
         try:
             first = await parts.next()
             assert first is not None
             if first.length < self._pool.size:  # the whole body fitted in one part
-                etag = await self._objects.put(
-                    obj.ref, first.view, obj.content_type, metadata.encode(obj, first.crc)
-                )
+                etag = await self._put_whole(obj, first.view, first.crc)
                 return _stored(obj, first.length, etag, first.crc)
             etag, size, crc32 = await self._multipart(obj, first, parts)
             return _stored(obj, size, etag, crc32)
         finally:
             parts.close()
 
+    async def _put_whole(self, obj: NewObject, data: Chunk, crc: int) -> str:
+        """One PUT; if it fails for any reason but a refusal, S3 may still store it: forget it."""
+        try:
+            async with self._deadline(len(data) / MiB):
+                return await self._objects.put(
+                    obj.ref, data, obj.content_type, metadata.encode(obj, crc)
+                )
+        except BaseException as exc:
+            if not isinstance(exc, FilegateError) or exc.status_code >= 500:
+                await self._forget(obj.ref, None, exc, uncertain=True)  # S3 may still store it
+            raise
+
     async def _multipart(
         self, obj: NewObject, first: _Part, parts: _Parts
     ) -> tuple[str, int, int | None]:
         """Upload the parts with a few in flight; return the ETag, size and CRC-32 stored.
 
-        A part is sent straight from its pooled buffer (botocore and aiohttp take a memoryview
-        as it is) and the buffer goes back to the pool once S3 has it."""
+        A part is sent straight from its pooled buffer and the buffer goes back to the pool once
+        S3 has it."""
         ref = obj.ref
         extra: dict[str, Any] = {"ContentType": obj.content_type, "Metadata": metadata.encode(obj)}
         if self._checksums:
             extra |= {"ChecksumAlgorithm": "CRC32", "ChecksumType": "FULL_OBJECT"}
-        with translate_errors(writing=True):
-            created = await self._write.create_multipart_upload(
-                Bucket=ref.bucket, Key=ref.key, **extra
-            )
+        async with self._deadline():
+            with translate_errors(writing=True):
+                created = await self._write.create_multipart_upload(
+                    Bucket=ref.bucket, Key=ref.key, **extra
+                )
         upload_id = created["UploadId"]
         slots = asyncio.Semaphore(self._parts_in_flight)
         tasks: list[asyncio.Task[dict[str, Any]]] = []
@@ -189,21 +241,24 @@ class S3Backend:
         async def send(number: int, part: _Part) -> dict[str, Any]:
             try:
                 checksum = {"ChecksumCRC32": _b64crc(part.crc)} if self._checksums else {}
-                with translate_errors(writing=True):
-                    answer = await self._write.upload_part(
-                        Bucket=ref.bucket,
-                        Key=ref.key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=part.view,
-                        **checksum,  # type: ignore[arg-type]
-                    )
+                # a part takes longer on a slow link: the deadline allows 1 MiB/s on top
+                async with self._deadline(part.length / MiB):
+                    with translate_errors(writing=True):
+                        answer = await self._write.upload_part(
+                            Bucket=ref.bucket,
+                            Key=ref.key,
+                            UploadId=upload_id,
+                            PartNumber=number,
+                            Body=part.body,
+                            **checksum,  # type: ignore[arg-type]
+                        )
                 return {"PartNumber": number, "ETag": answer["ETag"], **checksum}
             finally:
                 parts.give(part)
                 slots.release()
 
         part: _Part | None = first
+        completing = False
         try:
             while part is not None:
                 await slots.acquire()  # read on only when a part may be sent: backpressure
@@ -220,32 +275,111 @@ class S3Backend:
                 part = None
                 part = await parts.next()
             done = await asyncio.gather(*tasks)
+            completing = True
             checksum = {"ChecksumType": "FULL_OBJECT"} if self._checksums else {}
-            with translate_errors(writing=True):
-                answer = await self._write.complete_multipart_upload(
-                    Bucket=ref.bucket,
-                    Key=ref.key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": done},  # type: ignore[typeddict-item]
-                    **checksum,  # type: ignore[arg-type]
-                )
-        except BaseException:
+            async with self._deadline():
+                with translate_errors(writing=True):
+                    answer = await self._write.complete_multipart_upload(
+                        Bucket=ref.bucket,
+                        Key=ref.key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": done},  # type: ignore[typeddict-item]
+                        **checksum,  # type: ignore[arg-type]
+                    )
+        except BaseException as failure:
             for task in tasks:
                 task.cancel()
             with anyio.CancelScope(shield=True):
-                await self._abort(ref, upload_id, tasks)
+                await self._abort(ref, upload_id, tasks, failure, uncertain=completing)
             raise
         return answer.get("ETag", '""'), size, _crc_of(answer.get("ChecksumCRC32"))
 
+    @asynccontextmanager
+    async def _deadline(self, extra: float = 0) -> AsyncIterator[None]:
+        """``BACKEND_TIMEOUT`` (plus ``extra`` seconds) for one request made while an upload
+        streams, where the service cannot bound the whole operation."""
+        try:
+            async with asyncio.timeout(self._timeout + extra):
+                yield
+        except TimeoutError as exc:
+            raise BackendUnavailable(
+                "S3 did not answer in time; try again later.", backend="s3"
+            ) from exc
+
     async def _abort(
-        self, ref: ObjectRef, upload_id: str, tasks: list[asyncio.Task[dict[str, Any]]]
+        self,
+        ref: ObjectRef,
+        upload_id: str,
+        tasks: list[asyncio.Task[dict[str, Any]]],
+        failure: BaseException,
+        *,
+        uncertain: bool,
     ) -> None:
+        """A failed multipart upload: abort it and make sure its key holds nothing."""
         await asyncio.gather(*tasks, return_exceptions=True)
-        # Best effort: a bucket lifecycle rule for stale uploads is the backstop.
-        with contextlib.suppress(ClientError, BotoCoreError, aiohttp.ClientError, OSError):
-            await self._write.abort_multipart_upload(
-                Bucket=ref.bucket, Key=ref.key, UploadId=upload_id
-            )
+        await self._forget(ref, upload_id, failure, uncertain=uncertain)
+
+    async def _forget(
+        self,
+        ref: ObjectRef,
+        upload_id: str | None,
+        failure: BaseException,
+        *,
+        uncertain: bool,
+    ) -> None:
+        """Make sure a failed upload leaves nothing at ``ref``: abort its multipart upload and
+        delete the key now (shielded, within ``BACKEND_TIMEOUT``), unless the failure was S3
+        being unreachable. Then, if that did not work, or a request S3 may still store was in
+        flight (``uncertain``: a PUT or the completion), go on in the background until S3
+        answers, and once more a little later. Keys are never reused, so nothing else is hit."""
+        cleaned = False
+        if not isinstance(failure, BackendUnavailable):
+            with anyio.CancelScope(shield=True):
+                cleaned = await self._try_clean(ref, upload_id)
+        if cleaned and not uncertain:
+            return
+        task = asyncio.create_task(self._clean(ref, upload_id, again=cleaned))
+        self._cleanup.add(task)
+        task.add_done_callback(self._cleanup.discard)
+
+    async def _clean(self, ref: ObjectRef, upload_id: str | None, *, again: bool) -> None:
+        if not again:
+            for delay in CLEANUP_RETRIES:
+                await asyncio.sleep(delay)
+                if await self._try_clean(ref, upload_id):
+                    break
+            else:
+                log.warning(
+                    "could not clean up failed upload s3:%s/%s (multipart %s): a bucket "
+                    "lifecycle rule for incomplete multipart uploads is the backstop",
+                    ref.bucket,
+                    ref.key,
+                    upload_id,
+                )
+                return
+        await asyncio.sleep(CLEANUP_AGAIN)  # a delayed request may land after the first one
+        await self._try_clean(ref, upload_id)
+
+    async def _try_clean(self, ref: ObjectRef, upload_id: str | None) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout):
+                if upload_id is not None:
+                    try:
+                        await self._write.abort_multipart_upload(
+                            Bucket=ref.bucket, Key=ref.key, UploadId=upload_id
+                        )
+                    except ClientError as exc:
+                        if error_code(exc) != "NoSuchUpload":  # gone, or completed after all
+                            raise
+                await self._write.delete_object(Bucket=ref.bucket, Key=ref.key)
+        except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError):
+            return False
+        return True
+
+    async def close(self) -> None:
+        """At shutdown: stop cleaning up (a lifecycle rule for stale uploads is the backstop)."""
+        for task in list(self._cleanup):
+            task.cancel()
 
     async def head(self, ref: ObjectRef) -> ObjectInfo:
         return await self._objects.head(ref)
@@ -356,6 +490,13 @@ class _Part:
     @property
     def view(self) -> memoryview:
         return memoryview(self.buffer)[: self.length]
+
+    @property
+    def body(self) -> bytearray | bytes:
+        """What botocore sends: the pooled buffer itself when the part fills it (no copy), else
+        a copy of the part (an upload's last part). Not a memoryview: botocore rewinds a body
+        to retry a request, and knows a ``bytearray`` or ``bytes`` needs no rewinding."""
+        return self.buffer if self.length == len(self.buffer) else bytes(self.view)
 
 
 class _Parts:

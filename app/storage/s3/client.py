@@ -35,7 +35,7 @@ def _config(settings: Settings) -> AioConfig:
         },
         signature_version="s3v4",  # presigned URLs too (botocore would presign with SigV2)
         connect_timeout=5,
-        read_timeout=60,
+        read_timeout=settings.backend_idle_timeout,  # each read; BACKEND_TIMEOUT bounds a call
         retries={"mode": "standard", "max_attempts": 3},
         max_pool_connections=64,
         parameter_validation=False,  # our own calls, always well-formed; saves time per call
@@ -68,8 +68,8 @@ async def open_clients(
 ) -> tuple[S3Client, S3Client]:
     """The write client and the read client (the same one unless a read pair is configured)."""
     session = aioboto3.Session(botocore_session=botocore)
-    # Upload parts are sent straight from their pooled buffers as memoryviews (app.storage.budget);
-    # aiohttp advises against large bodies in memory, which is exactly what a part is.
+    # Upload parts are sent straight from their pooled buffers (app.storage.budget); aiohttp
+    # advises against large bodies in memory, which is exactly what a part is.
     warnings.filterwarnings(
         "ignore", "Sending a large body directly with raw bytes", ResourceWarning, "aiohttp"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 
 import aiohttp
 from botocore.exceptions import (
@@ -65,3 +66,54 @@ def translate_errors(*, writing: bool = False) -> Iterator[None]:
         raise BackendUnavailable("S3 is unreachable; try again later.", backend="s3") from exc
     except BotoCoreError as exc:
         raise StorageError("S3 request failed.", backend="s3") from exc
+
+
+class Trouble(StrEnum):
+    """What a refused start-up request says about the configuration."""
+
+    UNREACHABLE = "unreachable"
+    NOT_S3 = "not S3"
+    BAD_KEY = "bad key"
+    DENIED = "denied"
+    NO_BUCKET = "no bucket"
+    OTHER = "other"
+
+
+_BAD_KEY = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "AuthorizationHeaderMalformed",
+}
+
+
+class S3Refusal(Exception):
+    """A start-up probe's failure, classified (``app.preflight`` names the setting)."""
+
+    def __init__(self, kind: Trouble, detail: str, *, reading: bool) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+        self.reading = reading
+
+
+def refusal(exc: BaseException, *, reading: bool) -> S3Refusal:
+    """Classify what a probe raised: unreachable, not S3, a wrong key, a missing permission,
+    a missing bucket."""
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        detail = f"{code or 'no error code'}, HTTP {status}"
+        if code in _BAD_KEY:
+            return S3Refusal(Trouble.BAD_KEY, detail, reading=reading)
+        if code in ("AccessDenied", "AllAccessDisabled"):
+            return S3Refusal(Trouble.DENIED, detail, reading=reading)
+        if code == "NoSuchBucket":
+            return S3Refusal(Trouble.NO_BUCKET, detail, reading=reading)
+        if not code or code.isdigit():  # an HTTP error without an S3 error document
+            return S3Refusal(Trouble.NOT_S3, detail, reading=reading)
+        return S3Refusal(Trouble.OTHER, detail, reading=reading)
+    if isinstance(exc, UNREACHABLE):
+        return S3Refusal(Trouble.UNREACHABLE, type(exc).__name__, reading=reading)
+    return S3Refusal(Trouble.NOT_S3, type(exc).__name__, reading=reading)

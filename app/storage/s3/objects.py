@@ -95,7 +95,8 @@ class ObjectClient:
         buckets: frozenset[str],
         write: Credentials,
         read: Credentials,
-        idle_timeout: float = 60,
+        timeout: float = 10,
+        idle_timeout: float = 30,
     ) -> None:
         def store(bucket: str, credentials: Credentials) -> S3Store:
             url, virtual = _address(endpoint, bucket, addressing_style)
@@ -115,7 +116,7 @@ class ObjectClient:
                 },
                 retry_config={
                     "max_retries": 2,
-                    "retry_timeout": timedelta(seconds=20),
+                    "retry_timeout": timedelta(seconds=timeout),
                     "backoff": {
                         "init_backoff": timedelta(milliseconds=100),
                         "max_backoff": timedelta(seconds=2),

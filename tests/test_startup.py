@@ -1,0 +1,107 @@
+"""Misconfigurations stop the ``filegate`` command with one line naming the setting (exit 2)."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import created_bucket
+from tests.servers import HOST, READER, WRITER, SeaweedFS, free_port
+
+
+def run_filegate(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = shutil.which("filegate") or str(Path(sys.executable).parent / "filegate")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "LOCAL_"))}
+    return subprocess.run(
+        [command, "--port", str(free_port())],
+        env={**clean, "BACKEND_TIMEOUT": "3", **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def assert_refused(done: subprocess.CompletedProcess[str], setting: str, *words: str) -> None:
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # one line, no traceback
+    assert lines[0].startswith(f"invalid setting {setting}: "), lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture
+def web_server() -> Iterator[str]:
+    """Something that answers HTTP but is not S3 (a static file server)."""
+    server = http.server.ThreadingHTTPServer((HOST, 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{HOST}:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def s3_env(endpoint: str, bucket: str, **extra: str) -> dict[str, str]:
+    return {
+        "STORAGE_MODE": "s3",
+        "S3_ENDPOINT": endpoint,
+        "S3_ADDRESSING_STYLE": "path",
+        "S3_ACCESS_KEY_ID": WRITER[0],
+        "S3_SECRET_ACCESS_KEY": WRITER[1],
+        "S3_READ_ACCESS_KEY_ID": READER[0],
+        "S3_READ_SECRET_ACCESS_KEY": READER[1],
+        "S3_DEFAULT_BUCKET": bucket,
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("create", ["false", "true"])
+def test_an_endpoint_that_is_not_s3(web_server: str, tmp_path: Path, create: str) -> None:
+    done = run_filegate(s3_env(web_server, "files", S3_CREATE_BUCKET=create), tmp_path)
+    assert_refused(done, "S3_ENDPOINT", web_server, "does not answer like S3")
+
+
+def test_an_unreachable_endpoint(tmp_path: Path) -> None:
+    endpoint = f"http://{HOST}:{free_port()}"
+    done = run_filegate(s3_env(endpoint, "files"), tmp_path)
+    assert_refused(done, "S3_ENDPOINT", "cannot connect")
+
+
+async def test_wrong_keys_and_a_missing_bucket(seaweed: SeaweedFS, tmp_path: Path) -> None:
+    bucket = await created_bucket(seaweed.endpoint)
+    env = s3_env(seaweed.endpoint, bucket)  # correct: the tests of the service start with it
+    wrong_write = run_filegate({**env, "S3_SECRET_ACCESS_KEY": "not-the-secret"}, tmp_path)
+    assert_refused(wrong_write, "S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY", "key pair")
+    wrong_read = run_filegate({**env, "S3_READ_SECRET_ACCESS_KEY": "not-the-secret"}, tmp_path)
+    assert_refused(wrong_read, "S3_READ_ACCESS_KEY_ID/S3_READ_SECRET_ACCESS_KEY", "key pair")
+    swapped = run_filegate(
+        {**env, "S3_READ_ACCESS_KEY_ID": WRITER[0], "S3_READ_SECRET_ACCESS_KEY": WRITER[1]},
+        tmp_path,
+    )  # the write-only identity may not list: the read pair is refused
+    assert_refused(swapped, "S3_READ_ACCESS_KEY_ID/S3_READ_SECRET_ACCESS_KEY", "s3:ListBucket")
+    missing = run_filegate({**env, "S3_DEFAULT_BUCKET": "no-such-bucket"}, tmp_path)
+    assert_refused(missing, "S3_DEFAULT_BUCKET", "'no-such-bucket' does not exist")
+
+
+def test_an_unreachable_tracker(tmp_path: Path) -> None:
+    env = {"STORAGE_MODE": "fastdfs", "FASTDFS_TRACKER_SERVERS": f"{HOST}:{free_port()}"}
+    done = run_filegate(env, tmp_path)
+    assert_refused(
+        done, "FASTDFS_TRACKER_SERVERS", "no tracker answers", env["FASTDFS_TRACKER_SERVERS"]
+    )
+
+
+def test_a_local_root_that_is_not_a_writable_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the root should be")
+    done = run_filegate({"LOCAL_ROOT": str(blocker)}, tmp_path)
+    assert_refused(done, "LOCAL_ROOT", str(blocker), "is not a writable directory")
