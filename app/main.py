@@ -123,5 +123,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (zip, uploads, downloads, files, ops):
         app.include_router(module.router)
-    openapi.install(app)
+    openapi.install(app, settings)
     return app

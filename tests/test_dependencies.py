@@ -1,5 +1,6 @@
 """Where filegate relies on a dependency's internals, a change to them fails here first.
 
+uvicorn's HTTP protocol is extended by app/server.py (a head timeout and a connection cap), and
 aiofdfs is used below its public client (docs/fastdfs.md, "How filegate uses aiofdfs"): our
 connections subclass its ``AsyncConnection`` and stand in for its pool, and its protocol methods
 run over them. Those internals are not a promise, so aiofdfs is pinned to one exact version in
@@ -17,7 +18,7 @@ from importlib.metadata import version
 
 import pytest
 
-PINNED = {"aiofdfs": "0.1.30"}
+PINNED = {"aiofdfs": "0.1.30", "uvicorn": "0.54.0"}
 RELIED_ON = {
     "aiofdfs.async_connection:AsyncConnection.__init__": "0ae67dca42832a5f",
     "aiofdfs.async_connection:AsyncConnection.connect": "d1a55a1fc5b7fa13",
@@ -38,6 +39,13 @@ RELIED_ON = {
     "aiofdfs.async_storage_client:Async_Storage_Client._storage_do_download_file_to_gen": "d943ebf13612c003",
     "aiofdfs.async_storage_client:tcp_upload_from_upload_file": "34600b837f3f3ca7",
     "aiofdfs.async_storage_client:tcp_recv_generator": "7f0325c8b51048f8",
+    # app/server.py: GuardedProtocol hooks uvicorn's httptools protocol (and reads its
+    # connections, loop and transport attributes, set in these methods).
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.__init__": "4f08999410347141",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.connection_made": "6efb565ff3d36b91",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_message_begin": "96d377fdc7c2baef",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_headers_complete": "1ea8589acfad92d8",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.connection_lost": "c91a4c9bf2e29c55",
 }
 
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from app.api.openapi import FOLDER, ID_PATTERNS, NAME
+from app.errors import InvalidArgument
 from app.settings import Settings
+from app.storage.ids import MAX_KEY_BYTES, parse_file_id
+from app.storage.validation import MAX_NAME_BYTES, check_file_name, check_folder
 from tests.conftest import serve
 
 OPERATIONS = {
@@ -21,9 +28,21 @@ OPERATIONS = {
 }
 
 
+KEYS = '[{"name": "docs", "key": "openapi-test-key-0123456789", "scopes": ["read"]}]'
+
+
+async def _document(settings: Settings) -> dict[str, Any]:
+    async with serve(settings) as client:
+        response = await client.get("/openapi.json")
+        assert response.status_code == 200
+        document: dict[str, Any] = response.json()
+        return document
+
+
 @pytest.fixture
 async def spec(tmp_path: Any) -> dict[str, Any]:
-    async with serve(Settings(_env_file=None, local_root=tmp_path)) as client:
+    """The document of a service with keys."""
+    async with serve(Settings(_env_file=None, local_root=tmp_path, api_keys=KEYS)) as client:
         response = await client.get("/openapi.json")
         assert response.status_code == 200
         docs = await client.get("/docs")
@@ -94,10 +113,13 @@ def test_upload_bodies_are_documented(spec: dict[str, Any]) -> None:
 
     single = form("/files/upload")
     assert single["required"] == ["file"]
-    assert single["properties"]["file"] == {"type": "string", "format": "binary"}
-    assert set(single["properties"]) == {"file", "folder", "bucket", "metadata"}
+    assert single["properties"] == {"file": {"type": "string", "format": "binary"}}
     batch = form("/files/batch-upload")
     assert batch["properties"]["files"]["items"] == {"type": "string", "format": "binary"}
+    for path in ("/files/upload", "/files/batch-upload"):
+        # generated clients send the file part first: folder and bucket are query parameters
+        query = {p["name"] for p in spec["paths"][path]["post"]["parameters"]}
+        assert query == {"folder", "bucket"}
     raw = spec["paths"]["/files/upload/{file_name}"]["put"]["requestBody"]["content"]
     assert "application/octet-stream" in raw
     for schema in ("FileAttach", "FileInfo"):
@@ -111,3 +133,53 @@ async def test_validation_errors_are_400_not_422(tmp_path: Any) -> None:
     body = response.json()
     assert body["code"] == "invalid_argument"
     assert "inline" in body["detail"]  # names the parameter that was wrong
+
+
+async def test_without_keys_no_operation_declares_security(tmp_path: Any) -> None:
+    document = await _document(Settings(_env_file=None, local_root=tmp_path))
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            assert "security" not in op, (method, path)
+            assert "401" not in op["responses"], (method, path)
+
+
+async def test_file_ids_carry_the_pattern_of_the_backends_this_mode_serves(tmp_path: Any) -> None:
+    document = await _document(Settings(_env_file=None, local_root=tmp_path))
+    info = document["paths"]["/files/{file_id}/info"]["get"]
+    pattern = re.compile(info["parameters"][0]["schema"]["pattern"])
+    async with serve(Settings(_env_file=None, local_root=tmp_path)) as client:
+        uploaded = await client.put("/files/upload/Q3 report.pdf?folder=a/b", content=b"x")
+    file_id = uploaded.json()["file_id"]
+    assert pattern.fullmatch(file_id)
+    for refused in ("0", "s3:files/a_b", "local:files/../x", "local:Files/a", "local:files/a/info",
+                    "group1/M00/00/00/wKgAAWZ.jpg"):  # fmt: skip
+        assert not pattern.fullmatch(refused), refused
+    download = document["paths"]["/files/{file_id}/download"]["get"]["responses"]
+    assert set(download["200"]["content"]) == {"*/*"}
+    assert set(download["206"]["content"]) == {"*/*"}
+    zip_ok = document["paths"]["/files/download-zip"]["post"]["responses"]["200"]
+    assert set(zip_ok["content"]) == {"application/zip"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(ID_PATTERNS)).flatmap(
+    lambda backend: st.from_regex(f"^{ID_PATTERNS[backend]}$", fullmatch=True)))  # fmt: skip
+def test_every_id_the_pattern_admits_parses(raw: str) -> None:
+    """What the document calls a valid id, the service accepts (the schemathesis runs of
+    tests/test_schema_tools.py check the same against the live service)."""
+    assert str(parse_file_id(raw)) == raw or len(raw.encode()) > MAX_KEY_BYTES
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_names_and_folders_the_patterns_admit_are_accepted(name: str, folder: str) -> None:
+    if re.fullmatch(NAME["pattern"], name) and len(name.encode()) <= MAX_NAME_BYTES:
+        assert check_file_name(name) == name
+    else:
+        with pytest.raises(InvalidArgument):
+            check_file_name(name)
+    if re.fullmatch(FOLDER["pattern"], folder):
+        check_folder(folder)
+    else:
+        with pytest.raises(InvalidArgument):
+            check_folder(folder)

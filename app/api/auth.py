@@ -12,17 +12,23 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.access import Keyring, LinkSigner, Principal
+from app.errors import Unauthorized
 
 API_KEY_HEADER = "x-api-key"
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key the request carries, if any (X-API-Key wins when both are sent)."""
-    key = headers.get(API_KEY_HEADER)
-    if key:
+    """The key the request carries, if any. Two different keys (X-API-Key and a bearer token) are
+    refused: which one was meant is a guess, and one of them is wrong."""
+    key = headers.get(API_KEY_HEADER) or None
+    authorization = headers.get("authorization")
+    if authorization is None:
         return key
-    scheme, _, credentials = headers.get("authorization", "").partition(" ")
-    return credentials.strip() or None if scheme.lower() == "bearer" else None
+    scheme, _, credentials = authorization.partition(" ")
+    bearer = credentials.strip() or None if scheme.lower() == "bearer" else None
+    if key is not None and bearer is not None and bearer != key:
+        raise Unauthorized("Two different API keys were sent (X-API-Key and Authorization).")
+    return key or bearer
 
 
 async def get_principal(request: Request) -> Principal:

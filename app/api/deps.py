@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from starlette.convertors import Convertor, register_url_convertor
 
 from app.storage.ids import FileId, parse_file_id
 from app.storage.service import FileService
@@ -35,3 +36,35 @@ async def file_id_in_path(
 
 
 FileIdDep = Annotated[FileId, Depends(file_id_in_path)]
+
+
+class FileIdConvertor(Convertor[str]):
+    """``/files/{file_id:file_id}/info``: any text up to the route's last segment, newlines too,
+    so that a malformed id gets a 400 naming it rather than a 404 or a redirect."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class BareFileIdConvertor(FileIdConvertor):
+    """``/files/{file_id:bare_file_id}``: a file id that is the whole rest of the path.
+
+    Not the paths of the other ``/files`` routes: ``DELETE /files/upload`` or
+    ``DELETE /files/<id>/info`` is then ``405`` (that path exists, not with that method) instead
+    of a 400 for a malformed id. Generated keys never end in one of these words: their last
+    segment starts with 16 hex digits (docs/api.md, "The OpenAPI document").
+    """
+
+    regex = (
+        r"(?!(?:upload|batch-upload|download-zip)$|upload/)[\s\S]+"
+        r"(?<!/download)(?<!/info)(?<!/link)"
+    )
+
+
+register_url_convertor("file_id", FileIdConvertor())
+register_url_convertor("bare_file_id", BareFileIdConvertor())

@@ -97,7 +97,7 @@ AdmittedDep = Annotated[Admitted, Depends(admit_download)]
 
 
 @router.get(
-    "/{file_id:path}/download",
+    "/{file_id:file_id}/download",
     operation_id="download_file",
     response_class=StreamingResponse,
     responses=_DOWNLOAD_RESPONSES,
@@ -140,7 +140,7 @@ async def download_file(request: Request, admitted: AdmittedDep) -> Response:
 
 
 @router.head(
-    "/{file_id:path}/download",
+    "/{file_id:file_id}/download",
     operation_id="download_file_head",
     response_class=Response,
     responses=_DOWNLOAD_RESPONSES,
@@ -156,7 +156,7 @@ async def download_file_head(request: Request, admitted: AdmittedDep) -> Respons
 
 
 @router.post(
-    "/{file_id:path}/link",
+    "/{file_id:file_id}/link",
     operation_id="create_link",
     response_model=Link,
     responses=declare(InvalidArgument, Forbidden, FileNotFound),

@@ -14,7 +14,7 @@ router = APIRouter(prefix="/files", tags=["files"])
 
 
 @router.get(
-    "/{file_id:path}/info",
+    "/{file_id:file_id}/info",
     operation_id="get_file_info",
     response_model=FileInfo,
     responses=declare(InvalidArgument, Forbidden, FileNotFound),
@@ -25,7 +25,7 @@ async def get_file_info(file_id: FileIdDep, files: FilesDep, principal: Principa
 
 
 @router.delete(
-    "/{file_id:path}",
+    "/{file_id:bare_file_id}",
     operation_id="delete_file",
     response_model=Deleted,
     responses=declare(InvalidArgument, Forbidden),

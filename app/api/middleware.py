@@ -154,7 +154,7 @@ class RequestMiddleware:
                 )
         finally:
             self.metrics.in_flight.dec()
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = getattr(scope.get("route"), "path_format", "unmatched")
             seconds = time.perf_counter() - started
             method = scope["method"]
             self.metrics.observe(method, route, status, seconds, received, sent)

@@ -1,5 +1,10 @@
-"""The OpenAPI document, finished: request validation answers 400 (not FastAPI's 422 shape), and
-the API-key schemes are declared on every operation that takes a key."""
+"""The OpenAPI document, finished for this deployment: request validation answers 400 (not
+FastAPI's 422 shape), file ids carry the pattern of the backends this storage mode serves, the key
+schemes are declared only when keys are configured, and downloads declare any media type.
+
+A generated client or a fuzzer builds requests from this document, so whatever it calls valid must
+be accepted (docs/api.md, "The OpenAPI document").
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.errors import InvalidArgument
+from app.settings import Settings
+from app.storage.fusion import ENABLED
+from app.storage.ids import BackendName
 
 _ERROR_REF = "#/components/schemas/ErrorBody"
 SECURITY_SCHEMES = {
@@ -24,29 +32,131 @@ SECURITY_SCHEMES = {
         "description": "An API key (when the service has keys configured).",
     },
 }
-KEYED_PATHS = ("/files", "/metrics")
-"""Operations under these paths take an API key (``/metrics`` only its own)."""
+
+# The rules of app.storage.ids and app.storage.validation as JSON Schema patterns: whatever they
+# match is accepted, whatever they do not is refused (4xx). Only the byte limits (names 200, keys
+# 1,024, metadata 1,024 UTF-8 bytes) are not patterns: a pattern counts characters.
+_CC = r"\x00-\x1f\x7f-\x9f"  # Unicode's control characters (category Cc)
+_BUCKET = r"[a-z0-9](?:[a-z0-9-]|\.(?!\.)){1,61}[a-z0-9]"
+_KEY_SEGMENT = r"(?!\.\.?(?:/|$))[^/\x00-\x1f\x7f]*"
+# The last segment is never download, info or link: that path belongs to another route.
+_KEY = rf"(?=[^/])(?:{_KEY_SEGMENT}/)*(?!(?:download|info|link)$){_KEY_SEGMENT}"
+ID_PATTERNS: dict[BackendName, str] = {
+    "s3": rf"s3:{_BUCKET}/{_KEY}",
+    "local": rf"local:{_BUCKET}/{_KEY}",
+    "fastdfs": r"[A-Za-z0-9_-]{1,16}/M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[A-Za-z0-9_.-]{12,117}",
+}
+_SEGMENT = rf"(?!\s*(?:/|$))(?!\.\.?(?:/|$))[^/\\{_CC}]{{1,255}}"
+"""A file name or folder segment: not blank, not . or .., no separator or control character."""
+NAME: dict[str, Any] = {"type": "string", "pattern": rf"^{_SEGMENT}$", "maxLength": 200}
+FOLDER: dict[str, Any] = {
+    "type": "string",
+    "pattern": rf"^(?:{_SEGMENT}(?:/{_SEGMENT}){{0,15}}/?)?$",
+    "maxLength": 512,
+}
+BUCKET: dict[str, Any] = {"type": "string", "pattern": rf"^(?:{_BUCKET})?$"}
+METADATA: dict[str, Any] = {
+    "type": "object",
+    "description": 'Sent as JSON, e.g. {"author": "john"}; up to 1,024 bytes in all.',
+    "propertyNames": {"pattern": r"^(?!filegate-)[a-z0-9][a-z0-9_-]{0,63}$"},
+    "additionalProperties": {"type": "string", "pattern": rf"^[^{_CC}]*$"},
+    "maxProperties": 32,
+}
 
 
-def _finish(schema: dict[str, Any]) -> dict[str, Any]:
-    components = schema.setdefault("components", {})
-    for path, item in schema.get("paths", {}).items():
-        for operation in item.values():
+def file_id_schema(settings: Settings) -> dict[str, Any]:
+    """The JSON schema of a file id this deployment serves."""
+    patterns = [ID_PATTERNS[backend] for backend in ENABLED[settings.storage_mode]]
+    return {
+        "type": "string",
+        "pattern": "^(?:" + "|".join(patterns) + ")$",
+        "description": "A file id: s3:<bucket>/<key>, local:<bucket>/<key> or a FastDFS id.",
+    }
+
+
+NAMED_FIELDS: dict[str, dict[str, Any]] = {
+    "filename": NAME,
+    "folder": FOLDER,
+    "bucket": BUCKET,
+    "metadata": METADATA,
+}
+"""Fields by name, wherever they appear (query, form or JSON body)."""
+
+
+def _narrowed(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    named = NAMED_FIELDS.get(name)
+    if named is None:
+        return schema
+    kept = {k: v for k, v in schema.items() if k in ("title", "description", "default")}
+    if "anyOf" in schema:  # Optional[str]: a string of this form, or null
+        return {**kept, "anyOf": [named, {"type": "null"}]}
+    return {**kept, **named}
+
+
+def _narrow_properties(schema: dict[str, Any], id_schema: dict[str, Any]) -> None:
+    for name, prop in schema.get("properties", {}).items():
+        if name == "file_id":
+            schema["properties"][name] = {**id_schema, "title": "File Id"}
+        else:
+            schema["properties"][name] = _narrowed(name, prop)
+
+
+_ANY_BODY = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def _finish(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    components = document.setdefault("components", {})
+    id_schema = file_id_schema(settings)
+    keyed = bool(settings.keys)
+    for path, item in document.get("paths", {}).items():
+        for method, operation in item.items():
             responses = operation.get("responses", {})
             if responses.pop("422", None) is not None and "400" not in responses:
                 responses["400"] = {
                     "description": InvalidArgument.description,
                     "content": {"application/json": {"schema": {"$ref": _ERROR_REF}}},
                 }
-            if path.startswith(KEYED_PATHS):
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "file_id" and parameter["in"] == "path":
+                    parameter["schema"] = {**id_schema, "title": "File Id"}
+                elif parameter["name"] == "file_name" and parameter["in"] == "path":
+                    parameter["schema"] = {**NAME, "title": "File Name"}
+                else:
+                    parameter["schema"] = _narrowed(parameter["name"], parameter["schema"])
+            for content in operation.get("requestBody", {}).get("content", {}).values():
+                _narrow_properties(content.get("schema", {}), id_schema)
+            if operation.get("operationId") == "download_zip":
+                body = operation["requestBody"]["content"]["application/json"]["schema"]
+                body["minItems"] = 1  # more than ZIP_MAX_ENTRIES is a 413, not a schema rule
+            if path.endswith("/download"):
+                # A file is served with its own type: any media type, on 200 and on 206.
+                for status in ("200", "206"):
+                    if method == "head":
+                        responses[status].pop("content", None)
+                    else:
+                        responses[status]["content"] = _ANY_BODY
+            if (path.startswith("/files") and keyed) or (
+                path == "/metrics" and settings.metrics_api_key is not None
+            ):
                 operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+            else:
+                operation.pop("security", None)
+                responses.pop("401", None)
     for unused in ("HTTPValidationError", "ValidationError"):
         components.get("schemas", {}).pop(unused, None)
+    for name, model in components.get("schemas", {}).items():
+        if name != "ErrorBody":  # an error names the id as it was sent, malformed or not
+            _narrow_properties(model, id_schema)
+    link = components["schemas"]["LinkRequest"]["properties"]
+    link["expires_in"]["maximum"] = settings.link_max_expires
+    if "s3" not in ENABLED[settings.storage_mode]:  # direct links are S3 presigned URLs
+        link["direct"]["enum"] = [False]
+    components.setdefault("schemas", {})["FileId"] = id_schema
     components["securitySchemes"] = SECURITY_SCHEMES
-    return schema
+    return document
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, settings: Settings) -> None:
     """Replace ``app.openapi`` by a builder of the finished document (built once, on demand)."""
 
     def openapi() -> dict[str, Any]:
@@ -54,7 +164,8 @@ def install(app: FastAPI) -> None:
             app.openapi_schema = _finish(
                 get_openapi(
                     title=app.title, version=app.version, summary=app.summary, routes=app.routes
-                )
+                ),
+                settings,
             )
         return app.openapi_schema
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from app.api.auth import PrincipalDep
@@ -34,24 +34,32 @@ router = APIRouter(prefix="/files", tags=["files"])
 
 FORM_FIELDS = ("folder", "bucket", "metadata")
 META_HEADER = "x-meta-"
+FolderQuery = Annotated[str | None, Query(description="Relative folder, e.g. reports/2026.")]
+BucketQuery = Annotated[str | None, Query(description="A bucket from the allowlist.")]
+Target = Mapping[str, str | None]
+"""Where the files go, from the query: folder and bucket."""
 UPLOAD_ERRORS = declare(InvalidArgument, Forbidden, BucketNotAllowed, RequestTimeout, FileTooLarge)
 
 
 def _form_body(file_field: str, many: bool) -> dict[str, Any]:
     file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
-    properties: dict[str, Any] = {
-        file_field: {"type": "array", "items": file_schema} if many else file_schema,
-        "folder": {"type": "string", "description": "Relative folder, e.g. reports/2026."},
-        "bucket": {"type": "string", "description": "A bucket from the allowlist."},
-        "metadata": {"type": "string", "description": 'JSON object, e.g. {"author": "john"}.'},
-    }
+    file = {"type": "array", "items": file_schema, "minItems": 1} if many else file_schema
     return {
         "requestBody": {
             "required": True,
-            "description": "Put folder, bucket and metadata before the file parts.",
+            "description": (
+                "The file parts. folder, bucket and metadata (a JSON object) may also be form "
+                "fields placed before the file parts (curl -F folder=x -F file=@f): the files "
+                "stream to storage as they arrive. Generated clients send the file part first, "
+                "so they give folder and bucket as query parameters."
+            ),
             "content": {
                 "multipart/form-data": {
-                    "schema": {"type": "object", "required": [file_field], "properties": properties}
+                    "schema": {
+                        "type": "object",
+                        "required": [file_field],
+                        "properties": {file_field: file},
+                    }
                 }
             },
         }
@@ -91,21 +99,28 @@ def _parse_metadata(raw: str | None) -> Mapping[str, object]:
 
 
 async def _receive_form(
-    request: Request, files: FileService, principal: PrincipalDep, file_field: str, many: bool
+    request: Request,
+    files: FileService,
+    principal: PrincipalDep,
+    file_field: str,
+    many: bool,
+    target: Target,
 ) -> list[StoredFile]:
-    """Hand every file part of the form to the service as it arrives; all of them or none."""
+    """Hand every file part of the form to the service as it arrives; all of them or none.
+    Form fields before the files override the query's folder and bucket."""
     uploads = files.uploads(principal, single=not many, form_length=_declared_length(request))
     form = FormStream(request.stream(), request.headers.get("content-type"))
-    fields: dict[str, str] = {}
+    fields = {name: value for name, value in target.items() if value is not None}
     async with uploads:
         async for part in form.parts():
             if part.filename is None and part.name in FORM_FIELDS:
-                if uploads.stored:
+                value = await form.text()
+                if uploads.stored and value not in ("", "{}"):  # a late default changes nothing
                     raise InvalidArgument(
                         f"Form field {part.name!r} came after a file: send folder, bucket and "
                         "metadata before the file parts (curl -F folder=x -F file=@f)."
                     )
-                fields[part.name] = await form.text()
+                fields[part.name] = value
             elif part.filename is not None and part.name == file_field:
                 wanted = UploadRequest(
                     part.filename,
@@ -115,11 +130,11 @@ async def _receive_form(
                     metadata=_parse_metadata(fields.get("metadata")),
                 )
                 await uploads.add(wanted, form.data())
-            else:
+            elif part.filename is not None:  # a file that would silently go nowhere
                 raise InvalidArgument(
-                    f"Unexpected form field {part.name!r}: expected {file_field!r}, "
-                    "folder, bucket or metadata."
+                    f"Unexpected file field {part.name!r}: expected {file_field!r}."
                 )
+            # other text fields are ignored, as HTML forms send them (a submit button's name)
         if not uploads.stored:
             raise InvalidArgument(f"The form has no {file_field!r} file field.")
     return uploads.stored
@@ -133,9 +148,16 @@ async def _receive_form(
     responses=UPLOAD_ERRORS,
     openapi_extra=_form_body("file", many=False),
 )
-async def upload_file(request: Request, files: FilesDep, principal: PrincipalDep) -> JSONResponse:
+async def upload_file(
+    request: Request,
+    files: FilesDep,
+    principal: PrincipalDep,
+    folder: FolderQuery = None,
+    bucket: BucketQuery = None,
+) -> JSONResponse:
     """Upload one file (multipart/form-data), streamed to storage as it arrives."""
-    stored = await _receive_form(request, files, principal, "file", many=False)
+    target = {"folder": folder, "bucket": bucket}
+    stored = await _receive_form(request, files, principal, "file", many=False, target=target)
     return _created(stored, many=False)
 
 
@@ -149,9 +171,16 @@ async def upload_file(request: Request, files: FilesDep, principal: PrincipalDep
     ),
     openapi_extra=_form_body("files", many=True),
 )
-async def batch_upload(request: Request, files: FilesDep, principal: PrincipalDep) -> JSONResponse:
+async def batch_upload(
+    request: Request,
+    files: FilesDep,
+    principal: PrincipalDep,
+    folder: FolderQuery = None,
+    bucket: BucketQuery = None,
+) -> JSONResponse:
     """Upload several files at once (at most MAX_BATCH_FILES): all of them are stored, or none."""
-    stored = await _receive_form(request, files, principal, "files", many=True)
+    target = {"folder": folder, "bucket": bucket}
+    stored = await _receive_form(request, files, principal, "files", many=True, target=target)
     return _created(stored, many=True)
 
 
@@ -163,7 +192,7 @@ async def batch_upload(request: Request, files: FilesDep, principal: PrincipalDe
     responses=UPLOAD_ERRORS,
     openapi_extra={
         "requestBody": {
-            "required": True,
+            "required": False,  # no body: an empty file
             "description": "The raw file; X-Meta-<name> headers become metadata.",
             "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
@@ -176,8 +205,8 @@ async def upload_raw(
     request: Request,
     files: FilesDep,
     principal: PrincipalDep,
-    folder: str | None = None,
-    bucket: str | None = None,
+    folder: FolderQuery = None,
+    bucket: BucketQuery = None,
 ) -> JSONResponse:
     """Upload one file sent as the raw request body (``curl -T``)."""
     metadata = {

@@ -14,6 +14,8 @@ MAX_NAME_BYTES = 200
 """Leaves room for the 17-character key prefix within a file system's 255-byte name limit."""
 MAX_FOLDER_BYTES = 512
 MAX_FOLDER_DEPTH = 16
+MAX_SEGMENT_BYTES = 255
+"""A folder is a directory on local disk: each segment within a file system's name limit."""
 MAX_METADATA_ENTRIES = 32
 FORM_OVERHEAD = 256 * 1024
 """Room for boundaries and text fields when a one-file form's Content-Length is checked up front."""
@@ -46,6 +48,8 @@ def check_folder(folder: str | None) -> str:
     for segment in segments:
         if not segment.strip():
             raise InvalidArgument("The folder has an empty segment.")
+        if len(segment.encode()) > MAX_SEGMENT_BYTES:
+            raise InvalidArgument(f"A folder segment is longer than {MAX_SEGMENT_BYTES} bytes.")
         _check_segment(segment, "folder")
     return folder
 
