@@ -343,3 +343,77 @@ def test_connections_beyond_the_cap_are_refused_at_once(tmp_path: Path) -> None:
         for sock in sockets:
             sock.close()
         service.stop()
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def _upload_all(source: Path, url: str, count: int) -> list[tuple[int, bytes]]:
+    """``count`` uploads of ``source`` at once with ``curl -T``: (exit status, answer) each."""
+    command = ["curl", "-sS", "--fail-with-body", "-T", str(source)]
+    running = [
+        subprocess.Popen([*command, f"{url}/load-{n}.bin"], stdout=subprocess.PIPE)
+        for n in range(count)
+    ]
+    answers = [p.communicate(timeout=300)[0] for p in running]
+    return [(p.returncode, answer) for p, answer in zip(running, answers, strict=True)]
+
+
+@pytest.mark.slow
+async def test_memory_stays_bounded_under_32_concurrent_100_mib_uploads(
+    seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    """The upload budget (UPLOAD_MEMORY, app/storage/budget.py) bounds the buffers of all uploads
+    together: 32 uploads of 100 MiB at once stay under 256 MiB of RSS, every one is stored whole
+    (uploads wait for budget, none fails)."""
+    bucket = await created_bucket(seaweed.endpoint)
+    service = Service(seaweed.service_env(bucket))
+    service.start(tmp_path)
+    source = tmp_path / "source.bin"
+    with source.open("wb") as out:
+        for _ in range(100):
+            out.write(os.urandom(1024 * 1024))
+    try:
+        assert service.process is not None
+        url = f"{service.url}/files/upload"
+        results = await asyncio.to_thread(_upload_all, source, url, 32)
+        assert [code for code, _ in results] == [0] * 32, results
+        answers = [answer for _, answer in results]
+        peak = _peak_rss_mib(service.process.pid)
+        ids = [httpx.Response(201, content=answer).json()["file_id"] for answer in answers]
+        async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
+            for file_id in ids:
+                info = (await client.get(f"/files/{quote(file_id)}/info")).json()
+                assert info["file_size"] == 100 * 1024 * 1024
+            sample = await client.get(f"/files/{quote(ids[-1])}/download")
+            assert sample.content == source.read_bytes()
+    finally:
+        service.stop()
+    assert peak < 256, f"peak RSS {peak:.0f} MiB"
+
+
+@pytest.mark.slow
+async def test_a_60_second_soak_has_no_errors_and_flat_memory(
+    seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    """bench/soak.py for 60 s in S3 mode: every byte checked, RSS and fds sampled."""
+    from bench.soak import report, soak
+
+    service = Service(seaweed.service_env(await created_bucket(seaweed.endpoint)))
+    service.start(tmp_path)
+    try:
+        assert service.process is not None
+        tally = await soak(service.url, service.process.pid, 60, clients=8, max_mib=8, key=None)
+    finally:
+        service.stop()
+    print(report(tally))
+    assert not tally.errors, report(tally)
+    assert sum(tally.ops.values()) > 100 and tally.ops["zip"] and tally.ops["delete"]
+    settled = [rss for seconds, rss, _ in tally.samples if seconds > 10]
+    assert max(settled) < 256, report(tally)
+    fds = [fd for _, _, fd in tally.samples]
+    assert fds[-1] <= fds[0] + 20, report(tally)  # nothing leaks a socket or a file

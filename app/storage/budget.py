@@ -100,18 +100,25 @@ class Held:
 
 
 class BufferPool:
-    """Reusable buffers of one size, each counted against the budget while it is taken."""
+    """Reusable buffers of one size, each counted against the budget while it is taken.
 
-    def __init__(self, budget: Budget, size: int) -> None:
+    A buffer counts ``copies`` times its size: the S3 client joins a part with its request head
+    before it writes it (aiohttp), so a part being sent is in memory twice (docs/performance.md,
+    "Memory")."""
+
+    def __init__(self, budget: Budget, size: int, copies: int = 1) -> None:
         self.budget = budget
         self.size = size
+        self._charge = min(size * copies, budget.limit)  # what acquire() takes at most
+        self._keep = max(1, budget.limit // self._charge)
+        """Free buffers kept for reuse: no more than could be taken at once."""
         self._free: list[bytearray] = []
 
     async def take(self) -> bytearray:
-        await self.budget.acquire(self.size)
+        await self.budget.acquire(self._charge)
         return self._free.pop() if self._free else bytearray(self.size)
 
     def give(self, buffer: bytearray) -> None:
-        if len(self._free) * self.size < self.budget.limit:
+        if len(self._free) < self._keep:
             self._free.append(buffer)
-        self.budget.release(self.size)
+        self.budget.release(self._charge)

@@ -108,7 +108,7 @@ async def open_s3_backend(settings: Settings, stack: AsyncExitStack, budget: Bud
         write,
         read,
         objects,
-        BufferPool(budget, PART_SIZE),
+        BufferPool(budget, PART_SIZE, copies=2),
         probe_bucket=settings.s3_default_bucket,
         multipart_checksums=settings.s3_multipart_checksum == "crc32",
         timeout=settings.backend_timeout,
