@@ -415,5 +415,8 @@ async def test_a_60_second_soak_has_no_errors_and_flat_memory(
     assert sum(tally.ops.values()) > 100 and tally.ops["zip"] and tally.ops["delete"]
     settled = [rss for seconds, rss, _ in tally.samples if seconds > 10]
     assert max(settled) < 256, report(tally)
-    fds = [fd for _, _, fd in tally.samples]
-    assert fds[-1] <= fds[0] + 20, report(tally)  # nothing leaks a socket or a file
+    # Connection pools to S3 fill in the first seconds; after that nothing may grow (a leaked
+    # socket or file would, with every operation)
+    warm = max(fd for seconds, _, fd in tally.samples if seconds <= 10)
+    later = [fd for seconds, _, fd in tally.samples if seconds > 10]
+    assert max(later) <= warm + 10, report(tally)
