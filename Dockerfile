@@ -1,5 +1,7 @@
 # filegate: build the virtual environment in one stage, run it from a slim one as a non-root user.
-FROM python:3.12-slim AS build
+# BASE is python:3.12-slim; CI builds a stand-in of it locally (docker/base.sh, README "Docker").
+ARG BASE=python:3.12-slim
+FROM ${BASE} AS build
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never \
@@ -7,13 +9,16 @@ ENV UV_COMPILE_BYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN pip install --no-cache-dir "uv==0.13.9"
 WORKDIR /src
+COPY docker/requirements.txt ./requirements.txt
+# The runtime dependencies at the exact versions CI tested (tests/test_dependencies.py), then the
+# project itself without resolving anything again.
+RUN uv venv /opt/venv \
+    && VIRTUAL_ENV=/opt/venv uv pip install --no-cache -r requirements.txt
 COPY pyproject.toml README.md ./
 COPY app ./app
-# Runtime dependencies only: the project and its [project.dependencies], no dev group.
-RUN uv venv /opt/venv \
-    && VIRTUAL_ENV=/opt/venv uv pip install --no-cache .
+RUN VIRTUAL_ENV=/opt/venv uv pip install --no-cache --no-deps .
 
-FROM python:3.12-slim
+FROM ${BASE}
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /srv/filegate filegate
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \

@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import inspect
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,16 @@ def test_pinned_versions_are_installed(package: str, pinned: str) -> None:
 @pytest.mark.parametrize("target", list(RELIED_ON))
 def test_the_internals_we_rely_on_are_unchanged(target: str) -> None:
     assert fingerprint(target) == RELIED_ON[target], target
+
+
+def test_the_image_installs_exactly_what_ci_tested() -> None:
+    """docker/requirements.txt pins the image's runtime dependencies (no download addresses); CI
+    runs the tests with the same versions, or this fails. Regenerate it with
+    ``uv pip compile pyproject.toml --no-header --no-annotate -o docker/requirements.txt``."""
+    pins = Path(__file__).resolve().parent.parent / "docker" / "requirements.txt"
+    lines = [line for line in pins.read_text().splitlines() if line and not line.startswith("#")]
+    assert lines and all("://" not in line for line in lines)
+    for line in lines:
+        name, _, pinned = line.partition("==")
+        assert pinned, line
+        assert version(name) == pinned, (name, version(name), pinned)

@@ -1,0 +1,162 @@
+"""The built image, run as documented (docker/ci.sh runs this with DOCKER_HOST set):
+
+    uv run python -m tests.docker_smoke --image filegate:ci
+
+Against SeaweedFS on the host: the container runs as uid 10001, becomes healthy, takes an upload,
+serves a byte range and a zip, and `docker stop` lets a download in flight finish. A second
+container in local mode writes to its data volume. Each step prints one line; any failure raises.
+Containers share the host's network (dockerd runs without a bridge here) and bind 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+from urllib.parse import quote
+
+import boto3
+import httpx
+
+from tests.servers import ADMIN, SeaweedFS, free_port
+
+DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
+MiB = 1024 * 1024
+
+
+def docker(*args: str, check: bool = True) -> str:
+    done = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=300)
+    if check and done.returncode:
+        raise RuntimeError(f"docker {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def say(line: str) -> None:
+    print(f"docker: {line}", flush=True)
+
+
+def run_container(image: str, name: str, env: dict[str, str], *volume: str) -> tuple[str, float]:
+    """Start ``name``; returns its URL and the seconds from ``docker run`` to a 200 /healthz."""
+    port = free_port()
+    env = {**env, "FILEGATE_HOST": "127.0.0.1", "FILEGATE_PORT": str(port)}
+    flags = [f"--env={k}={v}" for k, v in env.items()] + [f"--volume={v}" for v in volume]
+    started = time.monotonic()
+    docker("run", "--detach", "--name", name, "--network", "host", *flags, image)
+    url = f"http://127.0.0.1:{port}"
+    while time.monotonic() - started < 60:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return url, time.monotonic() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} did not answer /healthz: {docker('logs', name, check=False)}")
+
+
+def wait_healthy(name: str, limit: float = 90) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        state = docker("inspect", "--format", "{{.State.Health.Status}}", name)
+        if state == "healthy":
+            return time.monotonic() - started
+        time.sleep(1)
+    raise RuntimeError(f"{name} is not healthy: {state}")
+
+
+def smoke(image: str, work: Path) -> None:
+    size = docker("image", "inspect", "--format", "{{.Size}}", image)
+    say(f"image {image}: {int(size) / MiB:.0f} MiB")
+    seaweed = SeaweedFS(work / "seaweedfs")
+    seaweed.start()
+    names = ["filegate-ci-s3", "filegate-ci-local"]
+    volume = "filegate-ci-data"
+    try:
+        boto3.client(
+            "s3", endpoint_url=seaweed.endpoint, aws_access_key_id=ADMIN[0],
+            aws_secret_access_key=ADMIN[1], region_name="us-east-1",
+        ).create_bucket(Bucket="docker")  # fmt: skip
+        env = {**seaweed.service_env("docker"), "SHUTDOWN_GRACE_SECONDS": "30"}
+        url, seconds = run_container(image, names[0], env)
+        say(f"{names[0]} answered /healthz {seconds:.1f} s after docker run")
+        user = docker("exec", names[0], "id", "-u")
+        assert user == "10001", user
+        say(f"{names[0]} runs as uid {user}")
+        say(f"{names[0]} is healthy ({wait_healthy(names[0]):.0f} s after start-up)")
+
+        data = os.urandom(48 * MiB)
+        answer = httpx.put(f"{url}/files/upload/big.bin", content=data, timeout=60)
+        assert answer.status_code == 201, answer.text
+        big = answer.json()["file_id"]
+        small = httpx.put(f"{url}/files/upload/small.txt", content=b"hello", timeout=10).json()
+        ranged = httpx.get(f"{url}/files/{quote(big)}/download",
+                           headers={"Range": "bytes=1000-1999"}, timeout=30)  # fmt: skip
+        assert ranged.status_code == 206 and ranged.content == data[1000:2000]
+        archive = httpx.post(
+            f"{url}/files/download-zip",
+            json=[{"file_id": big}, {"file_id": small["file_id"], "file_name": "s.txt"}],
+            timeout=60,
+        )
+        assert archive.status_code == 200, archive.text
+        with zipfile.ZipFile(io.BytesIO(archive.content)) as z:
+            assert z.read("big.bin") == data and z.read("s.txt") == b"hello"
+        say(
+            f"smoke: upload 201 ({big}), range 206 (1000 bytes), zip 200 ({len(archive.content)} bytes, verified)"
+        )
+
+        # docker stop in the middle of a slow download: it finishes, then the container exits
+        out = work / "during-stop.bin"
+        download = subprocess.Popen(
+            ["curl", "-sS", "-f", "--limit-rate", "8M", "-o", str(out),
+             f"{url}/files/{quote(big)}/download"],
+        )  # fmt: skip
+        time.sleep(1.5)
+        stopped: dict[str, float] = {}
+
+        def stop() -> None:
+            began = time.monotonic()
+            docker("stop", "--time", "30", names[0])
+            stopped["seconds"] = time.monotonic() - began
+
+        stopper = threading.Thread(target=stop)
+        stopper.start()
+        assert download.wait(timeout=60) == 0
+        stopper.join(timeout=60)
+        whole = hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+        assert whole, "the download was cut by docker stop"
+        code = docker("inspect", "--format", "{{.State.ExitCode}}", names[0])
+        say(f"graceful stop: the download in flight finished whole (48 MiB), docker stop took "
+            f"{stopped['seconds']:.1f} s (grace 30 s), exit code {code}")  # fmt: skip
+
+        # local mode on a named volume: the data volume is writable by uid 10001
+        url, seconds = run_container(image, names[1], {}, f"{volume}:/srv/filegate/data")
+        stored = httpx.put(f"{url}/files/upload/v.txt", content=b"on the volume", timeout=10)
+        assert stored.status_code == 201, stored.text
+        key = json.loads(stored.text)["file_id"].split("/", 1)[1]
+        listing = docker("exec", names[1], "ls", "-ln", "/srv/filegate/data/files")
+        assert key.split("/")[-1] in listing and " 10001 " in listing, listing
+        say(f"local mode: the data volume is writable by uid 10001 (started in {seconds:.1f} s)")
+    finally:
+        for name in names:
+            docker("rm", "--force", name, check=False)
+        docker("volume", "rm", "--force", volume, check=False)
+        seaweed.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--image", default="filegate:ci")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="filegate-docker-") as tmp:
+        smoke(args.image, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
