@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -25,7 +26,9 @@ from urllib.parse import quote
 
 import boto3
 import httpx
+import yaml
 
+from tests.fdfs_emulator import FastDFS
 from tests.servers import ADMIN, SeaweedFS, free_port
 
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
@@ -58,7 +61,8 @@ def run_container(image: str, name: str, env: dict[str, str], *volume: str) -> t
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"{name} did not answer /healthz: {docker('logs', name, check=False)}")
+    logs = subprocess.run([DOCKER, "logs", "--tail", "20", name], capture_output=True, text=True)
+    raise RuntimeError(f"{name} did not answer /healthz: {logs.stdout}{logs.stderr}")
 
 
 def wait_healthy(name: str, limit: float = 90) -> float:
@@ -69,6 +73,61 @@ def wait_healthy(name: str, limit: float = 90) -> float:
             return time.monotonic() - started
         time.sleep(1)
     raise RuntimeError(f"{name} is not healthy: {state}")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+_VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
+
+
+def compose_environment(variables: dict[str, str]) -> dict[str, str]:
+    """filegate's environment as docker-compose.yml and docker/compose.host.yml set it, with
+    ``${VAR}`` and ``${VAR:-default}`` filled from ``variables`` (Compose's own rules)."""
+    merged: dict[str, str] = {}
+    for name in ("docker-compose.yml", "docker/compose.host.yml"):
+        service = yaml.safe_load((ROOT / name).read_text())["services"]["filegate"]
+        merged |= {k: str(v) for k, v in service["environment"].items()}
+
+    def fill(match: re.Match[str]) -> str:
+        return variables.get(match.group(1)) or (match.group(2) or "")
+
+    return {k: _VARIABLE.sub(fill, v) for k, v in merged.items()}
+
+
+def compose_config(image: str, seaweed: SeaweedFS, work: Path) -> None:
+    """filegate in the compose file's hybrid configuration, its S3 (SeaweedFS here) and FastDFS
+    (the emulator) on the host: the bucket is created at start-up, uploads go to S3 and a legacy
+    FastDFS file is served."""
+    fastdfs = FastDFS(work / "fastdfs")
+    fastdfs.serve_in_thread()
+    name = "filegate-ci-compose"
+    port = free_port()
+    env = compose_environment({
+        "MINIO_ROOT_USER": ADMIN[0], "MINIO_ROOT_PASSWORD": ADMIN[1],  # the root pair
+        "S3_DEFAULT_BUCKET": "compose-files", "HOST_S3_ENDPOINT": seaweed.endpoint,
+        "HOST_FASTDFS_TRACKER": fastdfs.tracker_address, "HOST_FILEGATE_PORT": str(port),
+    })  # fmt: skip
+    try:
+        url, seconds = run_container(image, name, env)
+        assert env["STORAGE_MODE"] == "hybrid" and env["FILEGATE_PORT"] == str(port)
+        ready = httpx.get(f"{url}/readyz", timeout=10).json()
+        assert ready["status"] == "ok" and set(ready["backends"]) == {"s3", "fastdfs"}, ready
+        new = httpx.put(f"{url}/files/upload/new.txt", content=b"new", timeout=10).json()
+        assert new["file_id"].startswith("s3:compose-files/"), new
+        legacy = fastdfs.run(_legacy_upload(fastdfs, b"legacy bytes"))
+        served = httpx.get(f"{url}/files/{legacy}/download", timeout=10)
+        assert served.content == b"legacy bytes", served.text
+        say(f"compose configuration (hybrid, {env['FILEGATE_WORKERS']} workers) with "
+            f"docker/compose.host.yml: ready in {seconds:.1f} s, upload to S3 and a legacy "
+            "FastDFS download work")  # fmt: skip
+    finally:
+        docker("rm", "--force", name, check=False)
+        fastdfs.run(fastdfs.stop())
+
+
+async def _legacy_upload(fastdfs: FastDFS, data: bytes) -> str:
+    from tests.test_fastdfs import legacy_upload
+
+    return await legacy_upload(fastdfs, data, "legacy.txt")
 
 
 def smoke(image: str, work: Path) -> None:
@@ -143,6 +202,7 @@ def smoke(image: str, work: Path) -> None:
         listing = docker("exec", names[1], "ls", "-ln", "/srv/filegate/data/files")
         assert key.split("/")[-1] in listing and " 10001 " in listing, listing
         say(f"local mode: the data volume is writable by uid 10001 (started in {seconds:.1f} s)")
+        compose_config(image, seaweed, work)
     finally:
         for name in names:
             docker("rm", "--force", name, check=False)
