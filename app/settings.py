@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=4096, gt=0)
 
     max_batch_files: int = Field(default=100, gt=0)
-    upload_memory: ByteSize = ByteSize(96 * 1024 * 1024)
+    upload_memory: ByteSize = ByteSize(64 * 1024 * 1024)
     upload_memory_wait: float = Field(default=30, gt=0)
     client_idle_timeout: float = Field(default=60, gt=0)
 
