@@ -67,4 +67,5 @@ class BareFileIdConvertor(FileIdConvertor):
 
 
 register_url_convertor("file_id", FileIdConvertor())
+register_url_convertor("any_text", FileIdConvertor())  # a file name: refused by its rules, not 404
 register_url_convertor("bare_file_id", BareFileIdConvertor())

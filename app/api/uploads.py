@@ -185,7 +185,7 @@ async def batch_upload(
 
 
 @router.put(
-    "/upload/{file_name:path}",
+    "/upload/{file_name:any_text}",
     operation_id="upload_raw",
     status_code=201,
     response_model=FileAttach,
