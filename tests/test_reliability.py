@@ -365,13 +365,13 @@ def _upload_all(source: Path, url: str, count: int) -> list[tuple[int, bytes]]:
 
 @pytest.mark.slow
 async def test_memory_stays_bounded_under_32_concurrent_100_mib_uploads(
-    seaweed: SeaweedFS, tmp_path: Path
+    private_seaweed: SeaweedFS, tmp_path: Path
 ) -> None:
     """The upload budget (UPLOAD_MEMORY, app/storage/budget.py) bounds the buffers of all uploads
     together: 32 uploads of 100 MiB at once stay under 256 MiB of RSS, every one is stored whole
     (uploads wait for budget, none fails)."""
-    bucket = await created_bucket(seaweed.endpoint)
-    service = Service(seaweed.service_env(bucket))
+    bucket = await created_bucket(private_seaweed.endpoint)
+    service = Service(private_seaweed.service_env(bucket))
     service.start(tmp_path)
     source = tmp_path / "source.bin"
     with source.open("wb") as out:
@@ -398,12 +398,12 @@ async def test_memory_stays_bounded_under_32_concurrent_100_mib_uploads(
 
 @pytest.mark.slow
 async def test_a_60_second_soak_has_no_errors_and_flat_memory(
-    seaweed: SeaweedFS, tmp_path: Path
+    private_seaweed: SeaweedFS, tmp_path: Path
 ) -> None:
     """bench/soak.py for 60 s in S3 mode: every byte checked, RSS and fds sampled."""
     from bench.soak import report, soak
 
-    service = Service(seaweed.service_env(await created_bucket(seaweed.endpoint)))
+    service = Service(private_seaweed.service_env(await created_bucket(private_seaweed.endpoint)))
     service.start(tmp_path)
     try:
         assert service.process is not None
