@@ -15,8 +15,13 @@ if "$docker" image inspect "$tag" >/dev/null 2>&1; then
 fi
 python=$(uv python find 3.12)
 prefix=$("$python" -c 'import sys; print(sys.base_prefix)')
-mirror=${DEBIAN_MIRROR:-$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
-mirror=${mirror:-http://deb.debian.org/debian}
+# The mirror apt already uses here (deb822 or one-line sources), or DEBIAN_MIRROR.
+mirror=${DEBIAN_MIRROR:-$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)}
+mirror=${mirror:-$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)}
+if [ -z "$mirror" ]; then
+  echo "base: no Debian mirror found in apt's sources; set DEBIAN_MIRROR" >&2
+  exit 1
+fi
 root=$(mktemp -d /tmp/filegate-base.XXXXXX)
 trap 'rm -rf "$root"' EXIT
 started=$SECONDS
