@@ -158,6 +158,69 @@ class TooManyFiles(FileTooLarge):
     code = "too_many_files"
 
 
+class UploadNotFound(FilegateError):
+    """No resumable upload with that id (never created, terminated, or swept)."""
+
+    status_code = 404
+    code = "upload_not_found"
+    description = "No such upload"
+
+
+class UploadExpired(FilegateError):
+    """A resumable upload that outlived ``TUS_EXPIRES`` (it is swept from storage)."""
+
+    status_code = 410
+    code = "upload_expired"
+    description = "The upload expired"
+
+
+class OffsetMismatch(FilegateError):
+    """A tus PATCH whose ``Upload-Offset`` is not the upload's offset, or that lost a race."""
+
+    status_code = 409
+    code = "offset_mismatch"
+    description = "Upload-Offset is not the upload's offset (or another PATCH won)"
+
+
+class UploadLocked(FilegateError):
+    """Another PATCH of the same upload is in progress (on any replica)."""
+
+    status_code = 423
+    code = "upload_locked"
+    description = "Another PATCH of this upload is in progress"
+    retry_after_seconds = 5
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
+
+
+class UnsupportedMediaType(FilegateError):
+    """A tus PATCH without ``Content-Type: application/offset+octet-stream``."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+    description = "Wrong Content-Type"
+
+
+class UnsupportedVersion(FilegateError):
+    """A tus request for a protocol version other than 1.0.0."""
+
+    status_code = 412
+    code = "unsupported_version"
+    description = "Tus-Resumable is not 1.0.0"
+
+    def headers(self) -> dict[str, str]:
+        return {"Tus-Version": "1.0.0"}
+
+
+class ChecksumMismatch(FilegateError):
+    """The PATCH body does not match its ``Upload-Checksum``; the chunk was discarded."""
+
+    status_code = 460
+    code = "checksum_mismatch"
+    description = "Upload-Checksum does not match the body; the chunk was discarded"
+
+
 class RangeNotSatisfiable(FilegateError):
     """The requested byte range lies outside the file."""
 

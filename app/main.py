@@ -6,6 +6,7 @@ docs/architecture.md.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
@@ -18,13 +19,14 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from app.access import Keyring, LinkSigner
-from app.api import downloads, errors, files, openapi, ops, uploads, zip
+from app.api import downloads, errors, files, openapi, ops, tus, uploads, zip
 from app.api.middleware import RequestMiddleware
 from app.metrics import Metrics
 from app.settings import Settings, reveal
 from app.storage.budget import Budget
 from app.storage.fusion import open_routes
 from app.storage.service import FileService
+from app.storage.tus import TusService, open_tus, sweep_forever
 from app.storage.validation import UploadPolicy
 from app.storage.zip import ZipLimits
 
@@ -45,6 +47,7 @@ class State(TypedDict):
     """What every request sees as ``request.state``."""
 
     files: FileService
+    tus: TusService | None
     keyring: Keyring
     links: LinkSigner
     metrics_key: str | None
@@ -101,9 +104,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "No API keys configured (API_KEYS, API_KEYS_FILE): "
                     "anyone who can reach this service may read, write and delete files."
                 )
+            service = FileService(routes, policy, zip_limits, timeout=settings.backend_timeout)
+            resumable = open_tus(settings, service)
+            if resumable is not None:
+                sweeper = asyncio.create_task(sweep_forever(resumable, settings.tus_sweep_interval))
+                stack.callback(sweeper.cancel)
             _settle_the_heap()
             yield {
-                "files": FileService(routes, policy, zip_limits, timeout=settings.backend_timeout),
+                "files": service,
+                "tus": resumable,
                 "keyring": keyring,
                 "links": LinkSigner(
                     reveal(settings.signing_secret),
@@ -123,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.metrics = Metrics()
+    app.state.public_base_url = (settings.public_base_url or "").rstrip("/") or None
     # Innermost first: CORS (so every answer, errors too, carries its headers), then the request
     # id, log line, metrics and client deadline around everything.
     if settings.cors_allow_origins:
@@ -130,16 +140,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_allow_origins,
             allow_credentials=settings.cors_allow_credentials,
-            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=EXPOSED_HEADERS,
+            expose_headers=[*EXPOSED_HEADERS, *tus.EXPOSED],
             max_age=600,
         )
     app.add_middleware(
         RequestMiddleware, metrics=app.state.metrics, client_timeout=settings.client_idle_timeout
     )
     errors.install(app)
-    for module in (zip, uploads, downloads, files, ops):
+    for module in (tus, zip, uploads, downloads, files, ops):
         app.include_router(module.router)
     openapi.install(app, settings)
     return app

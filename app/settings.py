@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     upload_memory_wait: float = Field(default=30, gt=0)
     client_idle_timeout: float = Field(default=60, gt=0)
 
+    tus_expires: float = Field(default=24 * 3600, gt=0)
+    tus_sweep_interval: float = Field(default=600, gt=0)
+
     api_keys: Annotated[list[KeySpec], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
     metrics_api_key: SecretStr | None = None

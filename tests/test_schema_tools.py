@@ -9,6 +9,7 @@ and that client drives every operation against the live service.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import os
@@ -57,7 +58,11 @@ def _schemathesis(service: Service, keyed: bool, seconds: int) -> subprocess.Com
         "20261125",
         "--no-color",
     ]
-    env = {**os.environ, "FILEGATE_TEST_KEY": KEY if keyed else "unused"}
+    env = {
+        **os.environ,
+        "FILEGATE_TEST_KEY": KEY if keyed else "unused",
+        "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks",
+    }
     return subprocess.run(
         command, capture_output=True, text=True, timeout=seconds + 120, cwd=ROOT, env=env
     )
@@ -109,6 +114,7 @@ package_name_override: filegate_generated
 content_type_overrides:
   "*/*": application/octet-stream
   application/zip: application/octet-stream
+  application/offset+octet-stream: application/octet-stream
 """
 """The generator reads only a few media types; downloads are any type and zips are zips, both
 bytes to a client."""
@@ -139,6 +145,10 @@ def _module(package: Any, name: str) -> Any:
 
 def files(name: str) -> Any:
     return importlib.import_module(f"filegate_generated.api.files.{name}")
+
+
+def tus(name: str) -> Any:
+    return importlib.import_module(f"filegate_generated.api.resumable_uploads.{name}")
 
 
 def ops(name: str) -> Any:
@@ -229,6 +239,40 @@ def test_a_generated_client_drives_every_operation(tmp_path: Path) -> None:
         assert answer.status_code == 200
         answer = call(files("get_file_info"), "get_file_info", raw_id)
         assert answer.status_code == 404 and answer.parsed.code == "file_not_found"
+
+        # a resumable upload, in two PATCHes, then one terminated
+        data = b"resumable \x00\xff" * 100_000
+        name = base64.b64encode(b"resumed.bin").decode()
+        answer = call(tus("tus_options"), "tus_options")
+        assert answer.status_code == 204 and "checksum" in answer.headers["tus-extension"]
+        answer = call(
+            tus("tus_create"), "tus_create",
+            tus_resumable="1.0.0", upload_length=str(len(data)), upload_metadata=f"filename {name}",
+        )  # fmt: skip
+        assert answer.status_code == 201, answer.content
+        upload_id = answer.headers["location"].rsplit("/", 1)[1]
+        assert call(tus("tus_upload_options"), "tus_upload_options", upload_id).status_code == 204
+        for offset in (0, 600_000):
+            chunk = data[offset : offset + 600_000]
+            answer = call(
+                tus("tus_patch"), "tus_patch", upload_id,
+                body=types.File(BytesIO(chunk), "chunk"),
+                tus_resumable="1.0.0", upload_offset=str(offset),
+                content_type="application/offset+octet-stream",
+            )  # fmt: skip
+            assert answer.status_code == 204, answer.content
+        answer = call(tus("tus_status"), "tus_status", upload_id, tus_resumable="1.0.0")
+        assert answer.status_code == 200
+        resumed_id = answer.headers["file-id"]
+        answer = call(files("download_file"), "download_file", resumed_id)
+        assert answer.content == data
+        answer = call(
+            tus("tus_create"), "tus_create",
+            tus_resumable="1.0.0", upload_defer_length="1", upload_metadata=f"filename {name}",
+        )  # fmt: skip
+        upload_id = answer.headers["location"].rsplit("/", 1)[1]
+        answer = call(tus("tus_terminate"), "tus_terminate", upload_id, tus_resumable="1.0.0")
+        assert answer.status_code == 204
 
         assert call(ops("healthz"), "healthz").status_code == 200
         assert call(ops("readyz"), "readyz").status_code == 200

@@ -61,7 +61,7 @@ class BareFileIdConvertor(FileIdConvertor):
     """
 
     regex = (
-        r"(?!(?:upload|batch-upload|download-zip)$|upload/)[\s\S]+"
+        r"(?!(?:upload|batch-upload|download-zip|tus)$|upload/|tus/)[\s\S]+"
         r"(?<!/download)(?<!/info)(?<!/link)"
     )
 

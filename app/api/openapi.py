@@ -123,6 +123,11 @@ def _finish(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
                     parameter["schema"] = {**NAME, "title": "File Name"}
                 else:
                     parameter["schema"] = _narrowed(parameter["name"], parameter["schema"])
+                if parameter["in"] == "header" and "anyOf" in parameter["schema"]:
+                    # an optional header is absent, never null
+                    schema = parameter["schema"]
+                    (present,) = [s for s in schema.pop("anyOf") if s != {"type": "null"}]
+                    schema.update(present)
             for content in operation.get("requestBody", {}).get("content", {}).values():
                 _narrow_properties(content.get("schema", {}), id_schema)
             if operation.get("operationId") == "download_zip":
@@ -135,7 +140,7 @@ def _finish(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
                         responses[status].pop("content", None)
                     else:
                         responses[status]["content"] = _ANY_BODY
-            if (path.startswith("/files") and keyed) or (
+            if (path.startswith("/files") and keyed and method != "options") or (
                 path == "/metrics" and settings.metrics_api_key is not None
             ):
                 operation["security"] = [{name: []} for name in SECURITY_SCHEMES]

@@ -23,6 +23,8 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _FASTDFS_GROUP = re.compile(r"[A-Za-z0-9_-]{1,16}")
 _FASTDFS_REMOTE = re.compile(r"M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[A-Za-z0-9_.-]+")
 MAX_KEY_BYTES = 1024
+RESERVED_FOLDER = ".filegate-tus"
+"""Where S3 keeps resumable uploads' state (docs/tus.md): no file id reaches into it."""
 
 
 def is_valid_bucket_name(name: str) -> bool:
@@ -88,6 +90,8 @@ def _check_key(key: str, raw: str) -> None:
         raise InvalidArgument("A key must not contain '.' or '..' segments.", file_id=raw)
     if len(key.encode()) > MAX_KEY_BYTES:
         raise InvalidArgument("The key is too long.", file_id=raw)
+    if key.split("/", 1)[0] == RESERVED_FOLDER:
+        raise InvalidArgument(f"{RESERVED_FOLDER}/ is reserved for resumable uploads.", file_id=raw)
 
 
 def new_key(folder: str, file_name: str) -> str:

@@ -235,6 +235,48 @@ class LocalBackend:
 
     # writing
 
+    @property
+    def root(self) -> str:
+        return self._root
+
+    @property
+    def budget(self) -> Budget:
+        return self._budget
+
+    def adopt(self, source: str, obj: NewObject, crc32: int) -> ObjectInfo:
+        """Move a complete, fsynced file from elsewhere under the root into place as ``obj``
+        (a finished resumable upload); runs in a worker thread."""
+        path = self._path(obj.ref)
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(directory, _O_PATH | os.O_CLOEXEC)
+        try:
+            self._confine(fd, directory)
+        finally:
+            os.close(fd)
+        record = {
+            "file_name": obj.file_name,
+            "content_type": obj.content_type,
+            "metadata": dict(obj.metadata),
+            "crc32": crc32,
+        }
+        meta_path = self._meta_path(obj.ref)
+        os.makedirs(os.path.dirname(meta_path), exist_ok=True)
+        write_atomically(meta_path, json.dumps(record, ensure_ascii=False).encode())
+        os.replace(source, path)
+        fsync_dir(directory)
+        st = os.stat(path)
+        return ObjectInfo(
+            ref=obj.ref,
+            size=st.st_size,
+            etag=_etag(crc32, st),
+            last_modified=_mtime(st),
+            file_name=obj.file_name,
+            content_type=obj.content_type,
+            metadata=obj.metadata,
+            crc32=crc32,
+        )
+
     async def put(self, obj: NewObject, body: AsyncIterable[Chunk]) -> ObjectInfo:
         path = self._path(obj.ref)
         writer = _Writer(self, path, self._meta_path(obj.ref), obj)
@@ -323,11 +365,11 @@ class _Writer:
             "metadata": dict(self._obj.metadata),
             "crc32": self.crc32,
         }
-        _write_atomically(self._meta_path, json.dumps(record, ensure_ascii=False).encode())
+        write_atomically(self._meta_path, json.dumps(record, ensure_ascii=False).encode())
         os.replace(self._temp, self._path)
         self.pending = False
         self._file.close()
-        _fsync_dir(os.path.dirname(self._path))
+        fsync_dir(os.path.dirname(self._path))
         return ObjectInfo(
             ref=self._obj.ref,
             size=st.st_size,
@@ -385,7 +427,7 @@ def _create_temp(directory: str) -> tuple[int, str]:
             continue
 
 
-def _write_atomically(path: str, data: bytes) -> None:
+def write_atomically(path: str, data: bytes) -> None:
     fd, name = _create_temp(os.path.dirname(path))
     try:
         with open(fd, "wb") as file:
@@ -399,7 +441,7 @@ def _write_atomically(path: str, data: bytes) -> None:
         raise
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

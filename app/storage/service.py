@@ -174,7 +174,7 @@ class FileService:
         async with calling(target, file_id, self.timeout):
             await target.backend.delete(file_id.ref)
 
-    def _new_object(self, principal: Principal, request: UploadRequest) -> tuple[FileId, NewObject]:
+    def new_object(self, principal: Principal, request: UploadRequest) -> tuple[FileId, NewObject]:
         """Check everything known before the first byte and choose the new file's id."""
         principal.require("write")
         name = check_file_name(request.file_name)
@@ -202,7 +202,7 @@ class FileService:
     ) -> StoredFile:
         """Store one file (write scope): everything is checked before the first byte is read,
         and the body is stored completely or not at all."""
-        file_id, new = self._new_object(principal, request)
+        file_id, new = self.new_object(principal, request)
         target = self.routes.targets[file_id.backend]
         async with calling(target, None, None):  # the backend bounds each of its own requests
             info = await target.backend.put(new, self.policy.limit(body))

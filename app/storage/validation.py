@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from app.errors import FileTooLarge, InvalidArgument, InvalidFileType, TooManyFiles
 from app.storage.base import Chunk
+from app.storage.ids import RESERVED_FOLDER
 
 MAX_NAME_BYTES = 200
 """Leaves room for the 17-character key prefix within a file system's 255-byte name limit."""
@@ -43,6 +44,8 @@ def check_folder(folder: str | None) -> str:
         raise InvalidArgument("The folder must be a relative path (no leading '/').")
     folder = folder.removesuffix("/")
     segments = folder.split("/")
+    if segments[0] == RESERVED_FOLDER:
+        raise InvalidArgument(f"{RESERVED_FOLDER} is reserved for resumable uploads.")
     if len(segments) > MAX_FOLDER_DEPTH or len(folder.encode()) > MAX_FOLDER_BYTES:
         raise InvalidArgument("The folder is too deep or too long.")
     for segment in segments:

@@ -191,24 +191,24 @@ class S3Backend:
             pieces, crc, ended = await _collect(chunks, SMALL_BODY, held)
             if ended:  # small: one PUT of the chunks as they came
                 data = b"".join(pieces)
-                etag = await self._put_whole(obj, data, crc)
+                etag = await self.put_whole(obj, data, crc)
                 return _stored(obj, len(data), etag, crc)
             parts = _Parts(self._pool, chunks, pieces)
         try:
             first = await parts.next()
             assert first is not None
             if first.length < self._pool.size:  # the whole body fitted in one part
-                etag = await self._put_whole(obj, first.view, first.crc)
+                etag = await self.put_whole(obj, first.view, first.crc)
                 return _stored(obj, first.length, etag, first.crc)
             etag, size, crc32 = await self._multipart(obj, first, parts)
             return _stored(obj, size, etag, crc32)
         finally:
             parts.close()
 
-    async def _put_whole(self, obj: NewObject, data: Chunk, crc: int) -> str:
+    async def put_whole(self, obj: NewObject, data: Chunk, crc: int) -> str:
         """One PUT; if it fails for any reason but a refusal, S3 may still store it: forget it."""
         try:
-            async with self._deadline(len(data) / MiB):
+            async with self.bounded(len(data) / MiB):
                 return await self._objects.put(
                     obj.ref, data, obj.content_type, metadata.encode(obj, crc)
                 )
@@ -225,34 +225,14 @@ class S3Backend:
         A part is sent straight from its pooled buffer and the buffer goes back to the pool once
         S3 has it."""
         ref = obj.ref
-        extra: dict[str, Any] = {"ContentType": obj.content_type, "Metadata": metadata.encode(obj)}
-        if self._checksums:
-            extra |= {"ChecksumAlgorithm": "CRC32", "ChecksumType": "FULL_OBJECT"}
-        async with self._deadline():
-            with translate_errors(writing=True):
-                created = await self._write.create_multipart_upload(
-                    Bucket=ref.bucket, Key=ref.key, **extra
-                )
-        upload_id = created["UploadId"]
+        upload_id = await self.start_multipart(obj)
         slots = asyncio.Semaphore(self._parts_in_flight)
         tasks: list[asyncio.Task[dict[str, Any]]] = []
         size = 0
 
         async def send(number: int, part: _Part) -> dict[str, Any]:
             try:
-                checksum = {"ChecksumCRC32": _b64crc(part.crc)} if self._checksums else {}
-                # a part takes longer on a slow link: the deadline allows 1 MiB/s on top
-                async with self._deadline(part.length / MiB):
-                    with translate_errors(writing=True):
-                        answer = await self._write.upload_part(
-                            Bucket=ref.bucket,
-                            Key=ref.key,
-                            UploadId=upload_id,
-                            PartNumber=number,
-                            Body=part.body,
-                            **checksum,  # type: ignore[arg-type]
-                        )
-                return {"PartNumber": number, "ETag": answer["ETag"], **checksum}
+                return await self.send_part(ref, upload_id, number, part.body, part.crc)
             finally:
                 parts.give(part)
                 slots.release()
@@ -276,26 +256,98 @@ class S3Backend:
                 part = await parts.next()
             done = await asyncio.gather(*tasks)
             completing = True
-            checksum = {"ChecksumType": "FULL_OBJECT"} if self._checksums else {}
-            async with self._deadline():
-                with translate_errors(writing=True):
-                    answer = await self._write.complete_multipart_upload(
-                        Bucket=ref.bucket,
-                        Key=ref.key,
-                        UploadId=upload_id,
-                        MultipartUpload={"Parts": done},  # type: ignore[typeddict-item]
-                        **checksum,  # type: ignore[arg-type]
-                    )
+            etag, crc32 = await self.complete(ref, upload_id, done)
         except BaseException as failure:
             for task in tasks:
                 task.cancel()
             with anyio.CancelScope(shield=True):
                 await self._abort(ref, upload_id, tasks, failure, uncertain=completing)
             raise
-        return answer.get("ETag", '""'), size, _crc_of(answer.get("ChecksumCRC32"))
+        return etag, size, crc32
+
+    # the steps of a multipart upload, also used by resumable uploads (app.storage.tus.s3)
+
+    async def start_multipart(self, obj: NewObject) -> str:
+        """Create a multipart upload for ``obj`` (with a full-object CRC-32); its upload id."""
+        ref = obj.ref
+        extra: dict[str, Any] = {"ContentType": obj.content_type, "Metadata": metadata.encode(obj)}
+        if self._checksums:
+            extra |= {"ChecksumAlgorithm": "CRC32", "ChecksumType": "FULL_OBJECT"}
+        async with self.bounded():
+            with translate_errors(writing=True):
+                created = await self._write.create_multipart_upload(
+                    Bucket=ref.bucket, Key=ref.key, **extra
+                )
+        upload_id: str = created["UploadId"]
+        return upload_id
+
+    async def send_part(
+        self, ref: ObjectRef, upload_id: str, number: int, body: bytes | bytearray, crc: int
+    ) -> dict[str, Any]:
+        """Upload one part; what ``complete`` needs of it."""
+        checksum = {"ChecksumCRC32": _b64crc(crc)} if self._checksums else {}
+        # a part takes longer on a slow link: the deadline allows 1 MiB/s on top
+        async with self.bounded(len(body) / MiB):
+            with translate_errors(writing=True):
+                answer = await self._write.upload_part(
+                    Bucket=ref.bucket,
+                    Key=ref.key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                    **checksum,  # type: ignore[arg-type]
+                )
+        return {"PartNumber": number, "ETag": answer["ETag"], **checksum}
+
+    async def complete(
+        self, ref: ObjectRef, upload_id: str, parts: list[dict[str, Any]]
+    ) -> tuple[str, int | None]:
+        """Complete a multipart upload; the ETag and the full-object CRC-32 S3 derived."""
+        checksum = {"ChecksumType": "FULL_OBJECT"} if self._checksums else {}
+        async with self.bounded():
+            with translate_errors(writing=True):
+                answer = await self._write.complete_multipart_upload(
+                    Bucket=ref.bucket,
+                    Key=ref.key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                    **checksum,  # type: ignore[arg-type]
+                )
+        return answer.get("ETag", '""'), _crc_of(answer.get("ChecksumCRC32"))
+
+    async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None:
+        """Abort a multipart upload; one that is gone already is not an error."""
+        async with self.bounded():
+            with translate_errors(writing=True):
+                try:
+                    await self._write.abort_multipart_upload(
+                        Bucket=ref.bucket, Key=ref.key, UploadId=upload_id
+                    )
+                except ClientError as exc:
+                    if error_code(exc) != "NoSuchUpload":
+                        raise
+
+    @property
+    def write_client(self) -> S3Client:
+        """The write pair's client (resumable uploads keep their state with it)."""
+        return self._write
+
+    @property
+    def read_client(self) -> S3Client:
+        """The read pair's client."""
+        return self._read
+
+    @property
+    def pool(self) -> BufferPool:
+        return self._pool
+
+    @property
+    def deadline(self) -> float:
+        """``BACKEND_TIMEOUT``."""
+        return self._timeout
 
     @asynccontextmanager
-    async def _deadline(self, extra: float = 0) -> AsyncIterator[None]:
+    async def bounded(self, extra: float = 0) -> AsyncIterator[None]:
         """``BACKEND_TIMEOUT`` (plus ``extra`` seconds) for one request made while an upload
         streams, where the service cannot bound the whole operation."""
         try:
