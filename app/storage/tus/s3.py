@@ -67,8 +67,9 @@ class S3TusStore:
         """Reads and listings use the read pair, like every read (docs/tus.md, "S3")."""
         self._bucket = bucket
         self._part = backend.pool.size
-        self.stale = max(60.0, 3 * (backend.deadline + self._part / MiB))
-        """Seconds after which a lock that was not renewed is abandoned."""
+        self.stale = 3 * (backend.deadline + self._part / MiB)
+        """Seconds after which a lock that was not renewed is abandoned: three times the longest
+        a part request may take (54 s with the default ``BACKEND_TIMEOUT``)."""
 
     def _info(self, upload_id: str) -> str:
         return f"{PREFIX}{upload_id}.info"
