@@ -11,7 +11,9 @@ import base64
 import functools
 import http.server
 import json
+import shutil
 import struct
+import subprocess
 import threading
 import zlib
 from collections.abc import Iterator
@@ -171,3 +173,109 @@ async def test_a_page_on_another_origin_uploads_and_downloads_through_a_signed_l
     }
     assert result["range"] == {"status": 206, "text": "hello", "contentRange": "bytes 0-4/19"}
     assert result["shown"] == {"width": 3, "height": 2}
+
+
+# --- tus-js-client: a 30 MiB resumable upload survives a killed server ---------------------
+
+TUS_JS_VERSION = "4.3.1"
+NPM_CACHE = Path.home() / ".cache" / "filegate-ci" / "npm"
+
+
+@pytest.fixture(scope="session")
+def tus_js() -> Path:
+    """tus-js-client's browser bundle, from the npm registry (kept in a cache directory)."""
+    prefix = NPM_CACHE / f"tus-js-client-{TUS_JS_VERSION}"
+    bundle = prefix / "node_modules" / "tus-js-client" / "dist" / "tus.min.js"
+    if not bundle.exists():
+        npm = shutil.which("npm")
+        assert npm, "npm is needed for tus-js-client: apt-get install npm (.ci/run)"
+        prefix.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(prefix),
+             f"tus-js-client@{TUS_JS_VERSION}"],
+            check=True, capture_output=True, timeout=300,
+        )  # fmt: skip
+    return bundle
+
+
+TUS_SCRIPT = """
+([api, key, block]) => {
+  const base = Uint8Array.from(atob(block), c => c.charCodeAt(0));
+  const parts = [];
+  for (let i = 0; i < 30; i++) {  // each MiB differs: the block rotated by i bytes
+    const part = new Uint8Array(base.length);
+    part.set(base.subarray(i), 0);
+    part.set(base.subarray(0, i), base.length - i);
+    parts.push(part);
+  }
+  window.state = {progress: 0, retries: 0, fileId: null, done: false, error: null};
+  const upload = new tus.Upload(new Blob(parts), {
+    endpoint: `${api}/files/tus`,
+    chunkSize: 4 * 1024 * 1024,
+    retryDelays: [250, 500, 1000, 1000, 2000, 2000, 2000, 3000, 3000, 3000, 5000, 5000],
+    headers: {"X-API-Key": key},
+    metadata: {filename: "from the browser.bin", filetype: "application/octet-stream",
+               folder: "browser"},
+    onProgress: (sent) => { window.state.progress = sent; },
+    onShouldRetry: () => { window.state.retries += 1; return true; },
+    onAfterResponse: (req, res) => {
+      const id = res.getHeader("File-Id");
+      if (id) window.state.fileId = id;
+    },
+    onSuccess: () => { window.state.done = true; },
+    onError: (error) => { window.state.error = String(error); },
+  });
+  upload.start();
+}
+"""
+
+
+def _tus_block() -> bytes:
+    import random
+
+    return random.Random(20261125).randbytes(1024 * 1024)
+
+
+async def test_tus_js_client_resumes_after_the_server_is_killed(
+    service: Service, page_origin: str, tmp_path: Path, chromium: str, tus_js: Path
+) -> None:
+    """A page uploads 30 MiB with tus-js-client at 4 MiB/s (Chromium's own throttling); filegate
+    is killed (SIGKILL) a third of the way and started again on the same port; the client
+    retries, asks where to resume, and completes. The stored file is byte-identical."""
+    site = Path(tmp_path / "site")
+    shutil.copy(tus_js, site / "tus.min.js")
+    (site / "tus.html").write_text('<!doctype html><script src="tus.min.js"></script>')
+    block = _tus_block()
+    expected = b"".join(block[i:] + block[:i] for i in range(30))
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            cdp = await page.context.new_cdp_session(page)
+            await cdp.send("Network.enable")
+            await cdp.send(
+                "Network.emulateNetworkConditions",
+                {"offline": False, "latency": 0, "downloadThroughput": -1,
+                 "uploadThroughput": 4 * 1024 * 1024},
+            )  # fmt: skip
+            await page.goto(f"{page_origin}/tus.html")
+            await page.evaluate(TUS_SCRIPT, [service.url, KEY, base64.b64encode(block).decode()])
+            await page.wait_for_function(
+                "window.state.progress >= 10 * 1024 * 1024", timeout=60_000
+            )
+            assert service.process is not None
+            service.process.kill()  # SIGKILL: no chance to tidy up
+            service.process.wait()
+            state = await page.evaluate("window.state")
+            assert not state["done"], state
+            service.start(tmp_path)  # the same port, the same storage
+            await page.wait_for_function("window.state.done || window.state.error", timeout=120_000)
+            state = await page.evaluate("window.state")
+        finally:
+            await browser.close()
+    assert state["error"] is None, state
+    assert state["retries"] >= 1, state
+    file_id = state["fileId"]
+    assert file_id.startswith("local:files/browser/") and file_id.endswith("_from the browser.bin")
+    stored = tmp_path / "data" / "files" / file_id.removeprefix("local:files/")
+    assert stored.read_bytes() == expected
