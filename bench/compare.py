@@ -407,10 +407,7 @@ def main() -> None:
             "peer": Peer(seaweed.endpoint, ADMIN, BUCKET),
         }
         try:
-            boto3.client(
-                "s3", endpoint_url=seaweed.endpoint, aws_access_key_id=ADMIN[0],
-                aws_secret_access_key=ADMIN[1], region_name="us-east-1",
-            ).create_bucket(Bucket=BUCKET)  # fmt: skip
+            seaweed.create_bucket(BUCKET)
             for side in sides.values():
                 side.start(work)
             for run in range(args.runs):

@@ -18,10 +18,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-import boto3
-
 from bench.common import MiB, peak_mib, random_file, reset_peak, rss_mib
-from tests.servers import ADMIN, SeaweedFS, Service
+from tests.servers import SeaweedFS, Service
 
 BUCKET = "load"
 
@@ -89,10 +87,7 @@ def main() -> None:
         seaweed = SeaweedFS(work / "seaweedfs")
         seaweed.start()
         try:
-            boto3.client(
-                "s3", endpoint_url=seaweed.endpoint, aws_access_key_id=ADMIN[0],
-                aws_secret_access_key=ADMIN[1], region_name="us-east-1",
-            ).create_bucket(Bucket=BUCKET)  # fmt: skip
+            seaweed.create_bucket(BUCKET)
             print(f"{args.size_mib} MiB per transfer, 1 worker\n")
             for name, env in (
                 ("s3", seaweed.service_env(BUCKET)),

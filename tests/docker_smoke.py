@@ -24,7 +24,6 @@ import zipfile
 from pathlib import Path
 from urllib.parse import quote
 
-import boto3
 import httpx
 import yaml
 
@@ -138,10 +137,7 @@ def smoke(image: str, work: Path) -> None:
     names = ["filegate-ci-s3", "filegate-ci-local"]
     volume = "filegate-ci-data"
     try:
-        boto3.client(
-            "s3", endpoint_url=seaweed.endpoint, aws_access_key_id=ADMIN[0],
-            aws_secret_access_key=ADMIN[1], region_name="us-east-1",
-        ).create_bucket(Bucket="docker")  # fmt: skip
+        seaweed.create_bucket("docker")
         env = {**seaweed.service_env("docker"), "SHUTDOWN_GRACE_SECONDS": "30"}
         url, seconds = run_container(image, names[0], env)
         say(f"{names[0]} answered /healthz {seconds:.1f} s after docker run")

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 ADMIN = ("filegate-admin", "filegate-admin-secret")
@@ -130,17 +131,26 @@ class SeaweedFS:
         wait_http(self.endpoint, 60, self.process)
         self._wait_writable()
 
-    def _wait_writable(self) -> None:
-        """The S3 port answers before the volume server has joined; wait for a real write."""
-        import boto3  # only here: the readiness probe is synchronous on purpose
+    def admin(self) -> Any:
+        """A synchronous boto3 client with every permission (for arranging, never for the
+        behaviour under test)."""
+        import boto3  # only here: arranging and the readiness probe are synchronous on purpose
 
-        client = boto3.client(
+        return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=ADMIN[0],
             aws_secret_access_key=ADMIN[1],
             region_name="us-east-1",
         )
+
+    def create_bucket(self, name: str) -> str:
+        self.admin().create_bucket(Bucket=name)
+        return name
+
+    def _wait_writable(self) -> None:
+        """The S3 port answers before the volume server has joined; wait for a real write."""
+        client = self.admin()
         deadline = time.monotonic() + 60
         while True:
             try:
