@@ -19,11 +19,12 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from app.access import Keyring, LinkSigner
-from app.api import downloads, errors, files, openapi, ops, tus, uploads, zip
+from app.api import downloads, errors, files, folders, openapi, ops, tus, uploads, zip
 from app.api.middleware import RequestMiddleware
 from app.metrics import Metrics
 from app.settings import Settings, reveal
 from app.storage.budget import Budget
+from app.storage.bulk import BulkService
 from app.storage.fusion import open_routes
 from app.storage.service import FileService
 from app.storage.tus import TusService, open_tus, sweep_forever
@@ -47,6 +48,7 @@ class State(TypedDict):
     """What every request sees as ``request.state``."""
 
     files: FileService
+    bulk: BulkService
     tus: TusService | None
     keyring: Keyring
     links: LinkSigner
@@ -112,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             _settle_the_heap()
             yield {
                 "files": service,
+                "bulk": BulkService(service, settings.storage_mode),
                 "tus": resumable,
                 "keyring": keyring,
                 "links": LinkSigner(
@@ -149,7 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestMiddleware, metrics=app.state.metrics, client_timeout=settings.client_idle_timeout
     )
     errors.install(app)
-    for module in (tus, zip, uploads, downloads, files, ops):
+    for module in (tus, folders, zip, uploads, downloads, files, ops):
         app.include_router(module.router)
     openapi.install(app, settings)
     return app

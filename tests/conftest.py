@@ -128,10 +128,11 @@ class Storage:
             found = [str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()]
             return sorted(found)
         assert self.endpoint is not None
+        keys: list[str] = []
         async with s3_admin(self.endpoint) as s3:
-            listed = await s3.list_objects_v2(Bucket=self.bucket)
+            async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+                keys += [item["Key"] for item in page.get("Contents", [])]
             pending = await s3.list_multipart_uploads(Bucket=self.bucket)
-        keys = [item["Key"] for item in listed.get("Contents", [])]
         keys += [f"(pending upload) {up['Key']}" for up in pending.get("Uploads", [])]
         return sorted(keys)
 

@@ -147,6 +147,10 @@ def files(name: str) -> Any:
     return importlib.import_module(f"filegate_generated.api.files.{name}")
 
 
+def folders(name: str) -> Any:
+    return importlib.import_module(f"filegate_generated.api.folders.{name}")
+
+
 def tus(name: str) -> Any:
     return importlib.import_module(f"filegate_generated.api.resumable_uploads.{name}")
 
@@ -273,6 +277,38 @@ def test_a_generated_client_drives_every_operation(tmp_path: Path) -> None:
         upload_id = answer.headers["location"].rsplit("/", 1)[1]
         answer = call(tus("tus_terminate"), "tus_terminate", upload_id, tus_resumable="1.0.0")
         assert answer.status_code == 204
+
+        # folders: list, summarize, zip, copy, batch delete, delete a folder
+        answer = call(
+            folders("list_files"), "list_files", prefix="local:files/generated/", delimiter=""
+        )
+        assert answer.status_code == 200
+        listed = [item.file_id for item in answer.parsed.files]
+        assert first_id in listed and answer.parsed.next_cursor is None
+        answer = call(
+            folders("summarize_files"), "summarize_files", prefix="local:files/generated/"
+        )
+        assert (answer.parsed.file_count, answer.parsed.complete) == (3, True)
+        answer = call(
+            files("download_zip_prefix"), "download_zip_prefix", prefix="local:files/generated/"
+        )
+        assert answer.status_code == 200 and answer.content.startswith(b"PK")
+        answer = call(
+            folders("copy_file"), "copy_file", first_id,
+            body=models.CopyRequest(folder="copies", file_name="again.bin"),
+        )  # fmt: skip
+        assert answer.status_code == 201 and answer.parsed.file_name == "again.bin"
+        copy_id = answer.parsed.file_id
+        answer = call(
+            folders("batch_delete"), "batch_delete",
+            body=models.BatchDeleteRequest(file_ids=[copy_id]),
+        )  # fmt: skip
+        assert answer.status_code == 200 and answer.parsed.deleted == [copy_id]
+        answer = call(
+            folders("delete_prefix"), "delete_prefix",
+            body=models.DeletePrefixRequest(prefix="local:files/generated/batch/"),
+        )  # fmt: skip
+        assert (answer.parsed.file_count, answer.parsed.deleted) == (2, True)
 
         assert call(ops("healthz"), "healthz").status_code == 200
         assert call(ops("readyz"), "readyz").status_code == 200

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
 from starlette.convertors import Convertor, register_url_convertor
 
+from app.storage.bulk import BulkService
 from app.storage.ids import FileId, parse_file_id
 from app.storage.service import FileService
 
@@ -26,6 +27,21 @@ async def get_files(request: Request) -> FileService:
 
 
 FilesDep = Annotated[FileService, Depends(get_files)]
+
+
+async def get_bulk(request: Request) -> BulkService:
+    bulk: BulkService = request.state.bulk
+    return bulk
+
+
+BulkDep = Annotated[BulkService, Depends(get_bulk)]
+PrefixQuery = Annotated[
+    str,
+    Query(
+        description="A folder in file-id form: s3:<bucket>/<folder>/ or local:<bucket>/<folder>/.",
+        min_length=1,
+    ),
+]
 
 
 async def file_id_in_path(
@@ -61,8 +77,8 @@ class BareFileIdConvertor(FileIdConvertor):
     """
 
     regex = (
-        r"(?!(?:upload|batch-upload|download-zip|tus)$|upload/|tus/)[\s\S]+"
-        r"(?<!/download)(?<!/info)(?<!/link)"
+        r"(?!(?:upload|batch-upload|download-zip|tus|summary|batch-delete|delete-prefix)$"
+        r"|upload/|tus/)[\s\S]+(?<!/download)(?<!/info)(?<!/link)(?<!/copy)"
     )
 
 

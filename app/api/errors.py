@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from app.api.schemas import ErrorBody
 from app.errors import (
@@ -103,7 +104,21 @@ async def _routing(request: Request, exc: Exception) -> JSONResponse:
         error = FilegateError(str(exc.detail))
     response = await render(request, error)
     response.headers.update(exc.headers or {})
+    if exc.status_code == 405:  # Starlette names the methods of the first matching route only
+        response.headers["Allow"] = ", ".join(_methods_of(request))
     return response
+
+
+def _methods_of(request: Request) -> list[str]:
+    """Every method some route serves at this path (``GET /files/download-zip`` and
+    ``POST /files/download-zip`` are two routes)."""
+    scope = {**request.scope, "method": "\x00"}  # no route serves it: every match is partial
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.PARTIAL:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 async def _client_gone(request: Request, exc: Exception) -> JSONResponse:

@@ -39,8 +39,11 @@ SECURITY_SCHEMES = {
 _CC = r"\x00-\x1f\x7f-\x9f"  # Unicode's control characters (category Cc)
 _BUCKET = r"[a-z0-9](?:[a-z0-9-]|\.(?!\.)){1,61}[a-z0-9]"
 _KEY_SEGMENT = r"(?!\.\.?(?:/|$))[^/\x00-\x1f\x7f]*"
-# The last segment is never download, info or link: that path belongs to another route.
-_KEY = rf"(?=[^/])(?:{_KEY_SEGMENT}/)*(?!(?:download|info|link)$){_KEY_SEGMENT}"
+# The last segment is never download, info, link or copy: that path belongs to another route; and
+# the first never the folder resumable uploads keep their state in.
+_RESERVED = r"(?!\.filegate-tus(?:/|$))"
+_KEY = rf"(?=[^/]){_RESERVED}(?:{_KEY_SEGMENT}/)*(?!(?:download|info|link|copy)$){_KEY_SEGMENT}"
+_PREFIX_SEGMENT = r"(?!\.\.?(?:/|$))[^/\x00-\x1f\x7f]+"
 ID_PATTERNS: dict[BackendName, str] = {
     "s3": rf"s3:{_BUCKET}/{_KEY}",
     "local": rf"local:{_BUCKET}/{_KEY}",
@@ -55,6 +58,18 @@ FOLDER: dict[str, Any] = {
     "maxLength": 512,
 }
 BUCKET: dict[str, Any] = {"type": "string", "pattern": rf"^(?:{_BUCKET})?$"}
+PREFIX: dict[str, Any] = {
+    "type": "string",
+    "pattern": (
+        rf"^(?:s3|local):{_BUCKET}"
+        rf"(?:/{_RESERVED}(?:{_PREFIX_SEGMENT}/)*(?:{_PREFIX_SEGMENT})?)?$"
+    ),
+    "description": "A folder in file-id form: s3:<bucket>/<folder>/ or local:<bucket>/<folder>/.",
+}
+FOLDER_PREFIX: dict[str, Any] = {
+    **PREFIX,
+    "pattern": rf"^(?:s3|local):{_BUCKET}/{_RESERVED}(?:{_PREFIX_SEGMENT}/)+$",
+}
 METADATA: dict[str, Any] = {
     "type": "object",
     "description": 'Sent as JSON, e.g. {"author": "john"}; up to 1,024 bytes in all.',
@@ -79,6 +94,7 @@ NAMED_FIELDS: dict[str, dict[str, Any]] = {
     "folder": FOLDER,
     "bucket": BUCKET,
     "metadata": METADATA,
+    "prefix": PREFIX,
 }
 """Fields by name, wherever they appear (query, form or JSON body)."""
 
@@ -97,6 +113,8 @@ def _narrow_properties(schema: dict[str, Any], id_schema: dict[str, Any]) -> Non
     for name, prop in schema.get("properties", {}).items():
         if name == "file_id":
             schema["properties"][name] = {**id_schema, "title": "File Id"}
+        elif name == "file_ids":
+            prop["items"] = id_schema
         else:
             schema["properties"][name] = _narrowed(name, prop)
 
@@ -152,6 +170,16 @@ def _finish(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
     for name, model in components.get("schemas", {}).items():
         if name != "ErrorBody":  # an error names the id as it was sent, malformed or not
             _narrow_properties(model, id_schema)
+    schemas = components["schemas"]
+    schemas["DeletePrefixRequest"]["properties"]["prefix"] = FOLDER_PREFIX
+    schemas["CopyRequest"]["properties"]["file_name"] = _narrowed(
+        "filename", schemas["CopyRequest"]["properties"]["file_name"]
+    )
+    backend = schemas["CopyRequest"]["properties"]["backend"]
+    backend["anyOf"] = [
+        {"type": "string", "enum": list(ENABLED[settings.storage_mode])},
+        {"type": "null"},
+    ]
     link = components["schemas"]["LinkRequest"]["properties"]
     link["expires_in"]["maximum"] = settings.link_max_expires
     if "s3" not in ENABLED[settings.storage_mode]:  # direct links are S3 presigned URLs

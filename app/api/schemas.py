@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_serializer
 
+from app.storage.ids import FileIdField
 from app.storage.stored import StoredFile
 
 
@@ -99,3 +101,76 @@ class Link(BaseModel):
 
 class Health(BaseModel):
     status: str = "ok"
+
+
+class ListedFile(BaseModel):
+    """One file of a listing."""
+
+    file_id: str
+    file_name: str = Field(description="The original name (from the generated key).")
+    file_size: int
+    last_modify_time: datetime
+    etag: str
+
+    @field_serializer("last_modify_time")
+    def _iso_with_offset(self, value: datetime) -> str:
+        return value.isoformat()
+
+
+class FilePage(BaseModel):
+    """One page of GET /files, in key order."""
+
+    files: list[ListedFile]
+    folders: list[str] = Field(description="Folders one level down, as prefixes (with '/').")
+    next_cursor: str | None = Field(
+        description="Pass as cursor for the next page; null at the end."
+    )
+
+
+class FolderSummary(BaseModel):
+    prefix: str
+    file_count: int
+    total_size: int
+    complete: bool = Field(
+        description="false when the count stopped at 1,000,000 files (the figures are a floor)."
+    )
+
+
+class BatchDeleteRequest(BaseModel):
+    file_ids: list[FileIdField] = Field(min_length=1, max_length=1000)
+
+
+class BatchDeleteError(BaseModel):
+    file_id: str
+    code: str
+    detail: str
+
+
+class BatchDeleteResult(BaseModel):
+    deleted: list[str] = Field(description="Deleted (or already missing) files.")
+    errors: list[BatchDeleteError]
+
+
+class DeletePrefixRequest(BaseModel):
+    prefix: str = Field(
+        min_length=1, description="A folder: s3:<bucket>/<folder>/ or local:<bucket>/<folder>/."
+    )
+    dry_run: bool = Field(default=False, description="Only count what would be deleted.")
+
+
+class DeletePrefixResult(BaseModel):
+    prefix: str
+    file_count: int
+    deleted: bool
+
+
+class CopyRequest(BaseModel):
+    """Where a copy goes; everything not given is taken from the source (or the defaults)."""
+
+    backend: Literal["s3", "local", "fastdfs"] | None = Field(
+        default=None, description="Default: where uploads go."
+    )
+    bucket: str | None = None
+    folder: str | None = None
+    file_name: str | None = None
+    delete_source: bool = Field(default=False, description="A move: needs the delete scope.")

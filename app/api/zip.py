@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from app.api.auth import PrincipalDep
-from app.api.deps import FilesDep
+from app.api.deps import BulkDep, FilesDep, PrefixQuery
 from app.api.errors import declare
+from app.api.http import content_disposition
 from app.api.responses import ObjectStreamResponse
 from app.errors import FileNotFound, FileTooLarge, Forbidden, InvalidArgument
+from app.storage.bulk import parse_prefix
 from app.storage.ids import FileIdField
-from app.storage.zip import ZipRequest
+from app.storage.zip import ZipRequest, ZipStream
 
 router = APIRouter(prefix="/files", tags=["files"])
 
@@ -28,18 +30,21 @@ class ZipItem(BaseModel):
     file_name: str | None = Field(default=None, description="The entry's name inside the zip.")
 
 
+ZIP_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "The archive, streamed as it is built",
+    },
+    **declare(InvalidArgument, Forbidden, FileNotFound, FileTooLarge),
+}
+
+
 @router.post(
     "/download-zip",
     operation_id="download_zip",
     status_code=200,
     response_class=ObjectStreamResponse,
-    responses={
-        200: {
-            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "The archive, streamed as it is built",
-        },
-        **declare(InvalidArgument, Forbidden, FileNotFound, FileTooLarge),
-    },
+    responses=ZIP_RESPONSES,
 )
 async def download_zip(
     items: list[ZipItem],
@@ -50,12 +55,37 @@ async def download_zip(
     """Download many files as one zip; every file is checked before the first byte is sent."""
     requests = [ZipRequest(item.file_id, item.file_name) for item in items]
     archive = await files.zip(principal, requests, compression)
+    return _archive(archive, "files.zip")
+
+
+@router.get(
+    "/download-zip",
+    operation_id="download_zip_prefix",
+    status_code=200,
+    response_class=ObjectStreamResponse,
+    responses=ZIP_RESPONSES,
+)
+async def download_zip_prefix(
+    prefix: PrefixQuery,
+    bulk: BulkDep,
+    principal: PrincipalDep,
+    compression: CompressionQuery = "stored",
+) -> ObjectStreamResponse:
+    """Download a folder as one zip: entries are named by their folders below the prefix and
+    their original names; every file is checked before the first byte is sent."""
+    archive = await bulk.zip_prefix(principal, parse_prefix(prefix), compression)
+    folder = prefix.rstrip("/").rsplit("/", 1)[-1].split(":")[-1] or "files"
+    return _archive(archive, f"{folder}.zip")
+
+
+def _archive(archive: ZipStream, name: str) -> ObjectStreamResponse:
     headers = {
-        "Content-Disposition": 'attachment; filename="files.zip"',
+        "Content-Disposition": content_disposition(name),
         "X-Content-Type-Options": "nosniff",
     }
     if archive.length is not None:  # stored entries: the size is known, no chunked encoding
         headers["Content-Length"] = str(archive.length)
     return ObjectStreamResponse(
-        archive, f"a zip of {len(requests)} files", media_type="application/zip", headers=headers
-    )
+        archive, f"a zip of {archive.count} files", media_type="application/zip",
+        headers=headers,
+    )  # fmt: skip

@@ -120,6 +120,48 @@ class Backend(Protocol):
         """Raise ``StorageError`` unless the backend can serve now (for readiness)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One page of a listing, in key order."""
+
+    objects: list[ObjectInfo]
+    folders: list[str]
+    """Key prefixes ending in the delimiter (one level down), when a delimiter was given."""
+    next_token: str | None
+    """Where the next page starts (the backend's own token), or None after the last page."""
+
+
+@runtime_checkable
+class Lister(Protocol):
+    """A backend that can list keys under a prefix (S3, local disk; FastDFS cannot)."""
+
+    async def list_page(
+        self, bucket: str, prefix: str, *, delimiter: str, limit: int, token: str | None
+    ) -> Listing:
+        """Up to ``limit`` objects and folders under ``prefix``, after ``token``."""
+
+
+@runtime_checkable
+class BatchDeleter(Protocol):
+    """A backend that deletes many keys in one request (S3's DeleteObjects)."""
+
+    async def delete_many(self, bucket: str, keys: list[str]) -> dict[str, str]:
+        """Delete up to 1000 keys; the keys that failed, with the backend's reason."""
+
+
+class CopyNotPossible(Exception):
+    """A copy the backend cannot make itself (e.g. over S3's 5 GiB CopyObject): the caller
+    streams the bytes instead."""
+
+
+@runtime_checkable
+class ServerCopier(Protocol):
+    """A backend that copies an object within itself without moving the bytes through us."""
+
+    async def copy_within(self, source: ObjectInfo, new: NewObject) -> ObjectInfo:
+        """Copy ``source`` to ``new.ref`` with ``new``'s name, type and metadata."""
+
+
 @runtime_checkable
 class Presigner(Protocol):
     """A backend that can hand out URLs its storage serves directly (S3)."""

@@ -34,7 +34,7 @@ from app.storage.base import (
 )
 from app.storage.breaker import State
 from app.storage.fusion import Routes, Target
-from app.storage.ids import FileId, new_key
+from app.storage.ids import BackendName, FileId, new_key
 from app.storage.stored import StoredFile, content_type_for
 from app.storage.validation import UploadPolicy, check_file_name, check_folder, check_metadata
 from app.storage.zip import Compression, ZipLimits, ZipRequest, ZipStream, check_count, plan
@@ -174,14 +174,18 @@ class FileService:
         async with calling(target, file_id, self.timeout):
             await target.backend.delete(file_id.ref)
 
-    def new_object(self, principal: Principal, request: UploadRequest) -> tuple[FileId, NewObject]:
-        """Check everything known before the first byte and choose the new file's id."""
+    def new_object(
+        self, principal: Principal, request: UploadRequest, *, backend: BackendName | None = None
+    ) -> tuple[FileId, NewObject]:
+        """Check everything known before the first byte and choose the new file's id, on the
+        upload backend unless ``backend`` is named (a copy)."""
         principal.require("write")
         name = check_file_name(request.file_name)
         self.policy.check_type(name)
         self.policy.check_declared_size(request.size)
         folder = check_folder(request.folder)
-        backend_name, target = self.routes.upload_to, self.routes.uploads
+        backend_name = backend or self.routes.upload_to
+        target = self.routes.targets[backend_name]
         if request.bucket and not target.buckets:
             raise InvalidArgument(f"{backend_name} chooses where files go: omit 'bucket'.")
         bucket = request.bucket or target.default_bucket

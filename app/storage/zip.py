@@ -169,6 +169,7 @@ class ZipStream:
         """``zip64``: None decides from the sizes (the normal case); True or False forces it."""
         self._open_stream = open
         self._entries = entries
+        self.count = len(entries)
         self._compression = compression
         names = sum(len(e.name.encode()) for e in entries)
         total = sum(e.file.info.size for e in entries) + names

@@ -35,6 +35,8 @@ from app.settings import Settings, reveal
 from app.storage.base import (
     ByteRange,
     Chunk,
+    CopyNotPossible,
+    Listing,
     Loaded,
     NewObject,
     ObjectInfo,
@@ -42,6 +44,7 @@ from app.storage.base import (
     ObjectStream,
 )
 from app.storage.budget import Budget, BufferPool, Held
+from app.storage.ids import RESERVED_FOLDER
 from app.storage.s3 import metadata
 from app.storage.s3.client import botocore_session, open_clients
 from app.storage.s3.errors import (
@@ -68,6 +71,9 @@ CLEANUP_RETRIES = (1, 2, 4, 8, 15, 30, 60, 60, 60)
 """Seconds between attempts to clean up a failed upload while S3 is unreachable (about 4 min)."""
 CLEANUP_AGAIN = 10
 """Seconds after a successful clean-up before it is repeated once."""
+MAX_COPY = 5 * 1024 * MiB
+"""The largest object one ``CopyObject`` copies."""
+RESERVED = f"{RESERVED_FOLDER}/"
 MAX_PARTS = 10_000
 """S3's limit: with 8 MiB parts, one upload holds at most 78 GiB."""
 SMALL_BODY = 256 * 1024
@@ -478,6 +484,83 @@ class S3Backend:
 
     async def delete(self, ref: ObjectRef) -> None:
         await self._objects.delete(ref)
+
+    async def list_page(
+        self, bucket: str, prefix: str, *, delimiter: str, limit: int, token: str | None
+    ) -> Listing:
+        """``ListObjectsV2`` with the read pair. The state of resumable uploads (a reserved
+        prefix at the bucket's root) is never listed."""
+        extra: dict[str, Any] = {"ContinuationToken": token} if token else {}
+        if delimiter:
+            extra["Delimiter"] = delimiter
+        async with self.bounded():
+            with translate_errors():
+                page = await self._read.list_objects_v2(
+                    Bucket=bucket, Prefix=prefix, MaxKeys=limit, **extra
+                )
+        objects = [
+            ObjectInfo(
+                ref=ObjectRef(bucket, item["Key"]),
+                size=item["Size"],
+                etag=item["ETag"],
+                last_modified=item["LastModified"],
+                storage_class=item.get("StorageClass"),
+            )
+            for item in page.get("Contents", [])
+            if not item["Key"].startswith(RESERVED)
+        ]
+        folders = [
+            item["Prefix"]
+            for item in page.get("CommonPrefixes", [])
+            if not item["Prefix"].startswith(RESERVED)
+        ]
+        more = page.get("IsTruncated") and page.get("NextContinuationToken")
+        return Listing(objects, folders, more or None)
+
+    async def delete_many(self, bucket: str, keys: list[str]) -> dict[str, str]:
+        """``DeleteObjects`` (at most 1000 keys) with the write pair; what S3 could not delete."""
+        async with self.bounded():
+            with translate_errors(writing=True):
+                answer = await self._write.delete_objects(
+                    Bucket=bucket,
+                    Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+                )
+        return {
+            error["Key"]: f"{error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
+            for error in answer.get("Errors", [])
+        }
+
+    async def copy_within(self, source: ObjectInfo, new: NewObject) -> ObjectInfo:
+        """``CopyObject`` with the write pair: S3 copies the bytes itself. The copy gets ``new``'s
+        name, type and metadata, and keeps the source's CRC-32 in its metadata (the bytes are
+        the same). S3 copies at most 5 GiB in one request: a larger source is
+        ``CopyNotPossible``, and the service streams it."""
+        if source.size > MAX_COPY:
+            raise CopyNotPossible("Larger than one CopyObject takes.")
+        crc = source.crc32
+        if crc is None:
+            crc = await self.stored_crc32(source.ref)
+        ref = new.ref
+        async with self.bounded(source.size / (64 * MiB)):
+            with translate_errors(writing=True):
+                try:
+                    answer = await self._write.copy_object(
+                        Bucket=ref.bucket,
+                        Key=ref.key,
+                        CopySource={"Bucket": source.ref.bucket, "Key": source.ref.key},
+                        MetadataDirective="REPLACE",
+                        ContentType=new.content_type,
+                        Metadata=metadata.encode(new, crc),
+                    )
+                except ClientError as exc:
+                    # CopyObject reads the source with the write pair: a write-only pair may
+                    # not, and some S3-compatible stores do not copy at all. Then stream.
+                    if error_code(exc) in ("AccessDenied", "NotImplemented"):
+                        raise CopyNotPossible(error_code(exc)) from exc
+                    raise
+        log.debug("copied s3:%s/%s to %s server-side", source.ref.bucket, source.ref.key, ref.key)
+        etag = answer.get("CopyObjectResult", {}).get("ETag", source.etag)
+        return _stored(new, source.size, etag, crc)
 
     async def check(self) -> None:
         """``head_bucket`` on the default bucket, with the read pair."""
