@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     storage_mode: Literal["local", "s3", "fastdfs", "hybrid"] = "local"
     local_root: Path = Path("./data")
     local_bucket: str = "files"
+    local_enabled: bool = False
 
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"

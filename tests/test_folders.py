@@ -345,3 +345,37 @@ async def test_s3_copies_server_side_when_the_write_pair_may_read(
         zipped = await client.post("/files/download-zip", json=[{"file_id": copy_id}])
         assert zipped.content[8:10] == b"\x00\x00"  # the CRC-32 came along
     assert any("server-side" in record.getMessage() for record in caplog.records)
+
+
+async def test_local_and_s3_side_by_side(seaweed: Any, bucket: str, tmp_path: Path) -> None:
+    """LOCAL_ENABLED beside S3: files move from the local disk to S3 and back, streamed."""
+    from tests.conftest import s3_settings
+
+    settings = s3_settings(
+        seaweed.endpoint, bucket, local_enabled=True, local_root=tmp_path / "data"
+    )
+    data = os.urandom(10 * MiB + 7)
+    local = tmp_path / "data" / "files" / "old" / "0123456789abcdef_disk.bin"
+    local.parent.mkdir(parents=True)
+    local.write_bytes(data)
+    async with serve(settings) as client:
+        local_id = "local:files/old/0123456789abcdef_disk.bin"
+        moved = await client.post(f"/files/{local_id}/copy", json={"delete_source": True})
+        assert moved.status_code == 201, moved.text
+        s3_id = moved.json()["file_id"]
+        assert s3_id.startswith(f"s3:{bucket}/") and s3_id.endswith("_disk.bin")
+        assert not await asyncio.to_thread(local.exists)
+        assert (await client.get(f"/files/{s3_id}/download")).content == data
+        back = await client.post(
+            f"/files/{s3_id}/copy", json={"backend": "local", "folder": "back"}
+        )
+        assert back.status_code == 201, back.text
+        back_id = back.json()["file_id"]
+        assert back_id.startswith("local:files/back/")
+        assert (
+            tmp_path / "data" / "files" / back_id.removeprefix("local:files/")
+        ).read_bytes() == data
+        listed = (
+            await client.get("/files", params={"prefix": "local:files/", "delimiter": ""})
+        ).json()
+        assert [f["file_id"] for f in listed["files"]] == [back_id]

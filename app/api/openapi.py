@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app.errors import InvalidArgument
 from app.settings import Settings
-from app.storage.fusion import ENABLED
+from app.storage.fusion import enabled
 from app.storage.ids import BackendName
 
 _ERROR_REF = "#/components/schemas/ErrorBody"
@@ -81,7 +81,7 @@ METADATA: dict[str, Any] = {
 
 def file_id_schema(settings: Settings) -> dict[str, Any]:
     """The JSON schema of a file id this deployment serves."""
-    patterns = [ID_PATTERNS[backend] for backend in ENABLED[settings.storage_mode]]
+    patterns = [ID_PATTERNS[backend] for backend in enabled(settings)]
     return {
         "type": "string",
         "pattern": "^(?:" + "|".join(patterns) + ")$",
@@ -177,12 +177,12 @@ def _finish(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
     )
     backend = schemas["CopyRequest"]["properties"]["backend"]
     backend["anyOf"] = [
-        {"type": "string", "enum": list(ENABLED[settings.storage_mode])},
+        {"type": "string", "enum": list(enabled(settings))},
         {"type": "null"},
     ]
     link = components["schemas"]["LinkRequest"]["properties"]
     link["expires_in"]["maximum"] = settings.link_max_expires
-    if "s3" not in ENABLED[settings.storage_mode]:  # direct links are S3 presigned URLs
+    if "s3" not in enabled(settings):  # direct links are S3 presigned URLs
         link["direct"]["enum"] = [False]
     components.setdefault("schemas", {})["FileId"] = id_schema
     components["securitySchemes"] = SECURITY_SCHEMES

@@ -29,7 +29,7 @@ from app.storage.base import (
     ObjectRef,
     ServerCopier,
 )
-from app.storage.fusion import ENABLED, StorageMode, Target
+from app.storage.fusion import StorageMode, Target
 from app.storage.ids import BackendName, FileId, is_valid_bucket_name, parse_file_id
 from app.storage.service import FileService, UploadRequest, calling
 from app.storage.stored import StoredFile
@@ -307,7 +307,7 @@ class BulkService:
             principal.check("delete", source)
             self.routes.target(source, deleting=True)
         destination = backend or self.routes.upload_to
-        if destination not in ENABLED[self.mode]:
+        if destination not in self.routes.targets:
             raise InvalidArgument(f"{destination} is not enabled in {self.mode} mode.")
         stored = await self.files.info(principal, source)
         request = UploadRequest(

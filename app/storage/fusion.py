@@ -39,6 +39,15 @@ ENABLED: dict[StorageMode, tuple[BackendName, ...]] = {
 }
 
 
+def enabled(settings: Settings) -> tuple[BackendName, ...]:
+    """The backends this deployment serves: its mode's, plus the local disk when
+    ``LOCAL_ENABLED`` adds it beside S3 or FastDFS (to copy and move files between them)."""
+    names = ENABLED[settings.storage_mode]
+    if settings.local_enabled and "local" not in names:
+        names = (*names, "local")
+    return names
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """A backend together with the buckets it may touch, where uploads go by default, and the
@@ -86,7 +95,7 @@ async def open_routes(settings: Settings, stack: AsyncExitStack, budget: Budget)
     hold in memory is counted against ``budget``."""
     mode: StorageMode = settings.storage_mode
     targets: dict[BackendName, Target] = {}
-    for name in ENABLED[mode]:
+    for name in enabled(settings):
         breaker = Breaker(
             name, failures=settings.breaker_failures, backoff=settings.breaker_backoff
         )

@@ -1,0 +1,189 @@
+"""``filegate-client download``: N ranged GETs at once into ``<file>.part``, a checkpoint beside
+it, resumed after an interruption, and verified before the final rename.
+
+- The file is cut into 8 MiB blocks; ``--connections`` workers fetch blocks with ``Range`` and
+  ``If-Range: <ETag>``, write them in place (``pwrite``) and record each finished block in
+  ``<file>.part.json``. A run that finds both continues with the blocks not yet recorded.
+- If the file changed on the service meanwhile, ``If-Range`` makes the service answer the whole
+  file (``200``) instead of the range: the download starts again cleanly.
+- Before the rename, the ``.part`` is checked by size and by a checksum the service knows: the
+  CRC-32 in a local or FastDFS ETag, or S3's ETag (the MD5 of a one-part upload, or the MD5 of
+  the parts' MD5s for filegate's 8 MiB parts). A mismatch leaves the existing file untouched,
+  removes the ``.part`` and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from filegate_client.api import Api, Failure, failure_of, file_path
+from filegate_client.progress import Bars
+
+MiB = 1024 * 1024
+BLOCK = 8 * MiB
+S3_PART = 8 * MiB
+"""filegate's S3 part size: a multipart ETag is the MD5 of the MD5s of 8 MiB parts."""
+_CRC_ETAG = re.compile(r'^"([0-9a-f]{8})(?:-[0-9a-f]+)?"$')
+_MD5_ETAG = re.compile(r'^"([0-9a-f]{32})(?:-(\d+))?"$')
+
+
+class Checkpoint:
+    """Which blocks of a ``.part`` are written, for which version (ETag) of the file."""
+
+    def __init__(self, path: Path, etag: str, size: int) -> None:
+        self.path = path
+        self.etag = etag
+        self.size = size
+        self.done: set[int] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: Path, etag: str, size: int) -> Checkpoint:
+        checkpoint = cls(path, etag, size)
+        try:
+            saved = json.loads(path.read_text())
+            if saved["etag"] == etag and saved["size"] == size:
+                checkpoint.done = set(saved["done"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return checkpoint
+
+    def record(self, block: int) -> None:
+        with self._lock:
+            self.done.add(block)
+            temp = self.path.with_suffix(".tmp")
+            temp.write_text(json.dumps({"etag": self.etag, "size": self.size,
+                                        "done": sorted(self.done)}))  # fmt: skip
+            os.replace(temp, self.path)
+
+
+class Changed(Exception):
+    """The file changed on the service: start again."""
+
+
+def download(
+    api: Api, bars: Bars, file_id: str, target: Path, *, connections: int
+) -> dict[str, Any]:
+    info = api.info(file_id)
+    size, etag = int(info["file_size"]), str(info["etag"])
+    part = target.with_name(target.name + ".part")
+    checkpoint_path = target.with_name(target.name + ".part.json")
+    for _attempt in range(3):
+        checkpoint = Checkpoint.load(checkpoint_path, etag, size)
+        if not checkpoint.done or not part.exists():
+            checkpoint.done = set()
+        resumed = len(checkpoint.done) * BLOCK
+        if checkpoint.done:
+            bars.say(f"{target.name}: resuming, {min(resumed, size):,} of {size:,} bytes here")
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            task = bars.add(target.name, size, min(resumed, size))
+            blocks = [b for b in range((size + BLOCK - 1) // BLOCK) if b not in checkpoint.done]
+            try:
+                _fetch_all(
+                    api, bars, task, file_id, fd, blocks, size, etag, checkpoint, connections
+                )
+            except Changed:
+                info = api.info(file_id)
+                size, etag = int(info["file_size"]), str(info["etag"])
+                checkpoint_path.unlink(missing_ok=True)
+                bars.say(f"{target.name}: the file changed on the service; starting again")
+                continue
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _verify(part, size, etag, target)
+        os.replace(part, target)
+        checkpoint_path.unlink(missing_ok=True)
+        return {"file_id": file_id, "path": str(target), "size": size, "etag": etag}
+    raise Failure(f"{file_id} keeps changing on the service", "changed")
+
+
+def _fetch_all(
+    api: Api, bars: Bars, task: Any, file_id: str, fd: int, blocks: list[int], size: int,
+    etag: str, checkpoint: Checkpoint, connections: int,
+) -> None:  # fmt: skip
+    url = file_path(file_id, "/download")
+
+    def fetch(block: int) -> None:
+        start = block * BLOCK
+        end = min(start + BLOCK, size) - 1
+        headers = {"Range": f"bytes={start}-{end}", "If-Range": etag}
+        try:
+            with api.http.stream("GET", url, headers=headers) as response:
+                if response.status_code == 200 and size > 0:
+                    raise Changed
+                if response.status_code >= 400:
+                    response.read()
+                    raise failure_of(response)
+                offset = start
+                for chunk in response.iter_bytes(MiB):
+                    os.pwrite(fd, chunk, offset)
+                    offset += len(chunk)
+                    bars.advance(task, len(chunk))
+                if offset != end + 1:
+                    raise Failure("the service sent less than asked; run again to resume", "short")
+        except httpx.TransportError as exc:
+            raise Failure(
+                f"the download was cut ({exc}); run the same command again to resume",
+                "interrupted",
+            ) from exc
+        checkpoint.record(block)
+
+    if size == 0:
+        return
+    with ThreadPoolExecutor(max(1, connections)) as pool:
+        for future in [pool.submit(fetch, block) for block in blocks]:
+            future.result()
+
+
+def _verify(part: Path, size: int, etag: str, target: Path) -> None:
+    """Size, then the checksum the ETag carries; a mismatch keeps ``target`` as it was."""
+    actual = part.stat().st_size
+    problem = None if actual == size else f"size {actual:,}, expected {size:,}"
+    if problem is None:
+        problem = _checksum_problem(part, etag)
+    if problem is not None:
+        part.unlink(missing_ok=True)
+        part.with_name(part.name + ".json").unlink(missing_ok=True)
+        kept = "the existing file is untouched" if target.exists() else "nothing was written"
+        raise Failure(f"verification failed for {target.name}: {problem}; {kept}", "corrupt")
+
+
+def _checksum_problem(part: Path, etag: str) -> str | None:
+    crc_match = _CRC_ETAG.match(etag)
+    md5_match = _MD5_ETAG.match(etag)
+    if crc_match is None and md5_match is None:
+        return None  # no checksum to compare with (size only)
+    crc = 0
+    whole = hashlib.md5(usedforsecurity=False)
+    parts: list[bytes] = []
+    with part.open("rb") as file:
+        while chunk := file.read(S3_PART):
+            crc = zlib.crc32(chunk, crc)
+            whole.update(chunk)
+            parts.append(hashlib.md5(chunk, usedforsecurity=False).digest())
+    if crc_match is not None and int(crc_match.group(1), 16) == crc:
+        return None
+    if md5_match is not None:
+        expected, count = md5_match.group(1), md5_match.group(2)
+        if count is None and whole.hexdigest() == expected:
+            return None
+        if count is not None:
+            combined = hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest()
+            if int(count) != len(parts):
+                return None  # parts of another size: the checksum cannot be recomputed
+            if combined == expected:
+                return None
+    return "the content does not match the service's checksum"
