@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
@@ -75,6 +76,8 @@ def test_the_image_installs_exactly_what_ci_tested() -> None:
     pins = Path(__file__).resolve().parent.parent / "docker" / "requirements.txt"
     lines = [line for line in pins.read_text().splitlines() if line and not line.startswith("#")]
     assert lines and all("://" not in line for line in lines)
+    project = tomllib.loads((pins.parent.parent / "pyproject.toml").read_text())
+    assert sorted(project["tool"]["uv"]["constraint-dependencies"]) == sorted(lines)
     for line in lines:
         name, _, pinned = line.partition("==")
         assert pinned, line

@@ -14,9 +14,15 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _ASCII_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\%;]')
 
 
-def content_disposition(name: str, *, inline: bool = False) -> str:
-    """RFC 6266: a quoted ASCII fallback plus the exact name as UTF-8 ``filename*``."""
+def content_disposition(name: str, *, inline: bool = False, plain_ascii: bool = False) -> str:
+    """RFC 6266: a quoted ASCII fallback plus the exact name as UTF-8 ``filename*``.
+
+    With ``plain_ascii`` a name that is safe ASCII already gets the bare ``filename="…"`` form
+    (the zip routes' contract: ``attachment; filename="files.zip"``, docs/api.md).
+    """
     kind = "inline" if inline else "attachment"
+    if plain_ascii and not _ASCII_UNSAFE.search(name):
+        return f'{kind}; filename="{name}"'
     folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     fallback = _ASCII_UNSAFE.sub("_", folded).strip() or "download"
     return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"

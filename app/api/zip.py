@@ -80,7 +80,7 @@ async def download_zip_prefix(
 
 def _archive(archive: ZipStream, name: str) -> ObjectStreamResponse:
     headers = {
-        "Content-Disposition": content_disposition(name),
+        "Content-Disposition": content_disposition(name, plain_ascii=True),
         "X-Content-Type-Options": "nosniff",
     }
     if archive.length is not None:  # stored entries: the size is known, no chunked encoding
