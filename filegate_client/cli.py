@@ -47,16 +47,25 @@ EXAMPLES = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _common(defaults: bool) -> argparse.ArgumentParser:
+    """The flags every command takes, before or after its name. The sub-commands' copies have no
+    defaults, so ``--url X ls`` keeps X (argparse lets a sub-parser's default overwrite it)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="the service (FILEGATE_URL; default http://127.0.0.1:8000)")
-    common.add_argument("--api-key", help="an API key (FILEGATE_API_KEY)")
-    common.add_argument("--json", action="store_true", help="print JSON (for scripts)")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    unset: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
+    common.add_argument("--url", help="the service (FILEGATE_URL; default http://127.0.0.1:8000)",
+                        **unset)  # fmt: skip
+    common.add_argument("--api-key", help="an API key (FILEGATE_API_KEY)", **unset)
+    common.add_argument("--json", action="store_true", help="print JSON (for scripts)", **unset)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars", **unset)
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common(defaults=False)
     parser = argparse.ArgumentParser(
         prog="filegate-client",
         description="Upload, download, list, copy and delete files on a filegate service.",
-        parents=[common],
+        parents=[_common(defaults=True)],
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

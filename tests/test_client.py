@@ -1,0 +1,215 @@
+"""``filegate-client`` end to end: the installed console script as a subprocess against filegate
+as a process (local disk and SeaweedFS), bytes compared on both sides (docs/client.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import unique_bucket
+from tests.servers import SeaweedFS, Service
+
+MiB = 1024 * 1024
+
+
+def client_command() -> str:
+    return shutil.which("filegate-client") or str(Path(sys.executable).parent / "filegate-client")
+
+
+def client_env(service: Service, cache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEGATE_")}
+    env.update(FILEGATE_URL=service.url, XDG_CACHE_HOME=str(cache))
+    return env
+
+
+def run(service: Service, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [client_command(), *args],
+        env=client_env(service, cache),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(params=["local", "s3"])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]:
+    if request.param == "local":
+        service = Service({"LOCAL_ROOT": str(tmp_path / "data")})
+    else:
+        seaweed: SeaweedFS = request.getfixturevalue("seaweed")
+        service = Service(seaweed.service_env(seaweed.create_bucket(unique_bucket())))
+    service.start(tmp_path)
+    yield service
+    service.stop()
+
+
+def bucket_of(service: Service) -> str:
+    """The default bucket in file-id form: ``local:files/`` or ``s3:<bucket>/``."""
+    if service.env.get("STORAGE_MODE") == "s3":
+        return f"s3:{service.env['S3_DEFAULT_BUCKET']}/"
+    return "local:files/"
+
+
+def test_folder_up_and_down_byte_identical(service: Service, tmp_path: Path) -> None:
+    """A directory with nested folders (one file large enough for tus) goes up with ``--json``
+    and comes back down with ``download --prefix``, byte for byte."""
+    source = tmp_path / "album"
+    (source / "2024" / "summer").mkdir(parents=True)
+    (source / "one.bin").write_bytes(os.urandom(3000))
+    (source / "2024" / "big.bin").write_bytes(os.urandom(20 * MiB + 17))  # above TUS_THRESHOLD
+    (source / "2024" / "summer" / "ünï köde.txt").write_bytes(b"hello\n" * 100)
+    cache = tmp_path / "cache"
+    up = run(service, cache, "upload", str(source), "--folder", "trips", "--json")
+    assert up.returncode == 0, up.stderr
+    uploaded = json.loads(up.stdout)
+    assert sorted(item["file_name"] for item in uploaded) == ["big.bin", "one.bin", "ünï köde.txt"]
+    bucket_prefix = uploaded[0]["file_id"].split("/", 1)[0] + "/trips/"
+    assert all(item["file_id"].startswith(bucket_prefix) for item in uploaded)
+
+    listed = run(service, cache, "ls", bucket_prefix, "-r", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(f["file_id"] for f in json.loads(listed.stdout)) == sorted(
+        item["file_id"] for item in uploaded
+    )
+
+    out = tmp_path / "out"
+    down = run(service, cache, "download", "--prefix", bucket_prefix, "-o", str(out), "--quiet")
+    assert down.returncode == 0, down.stderr
+    assert tree(out / "album") == tree(source)
+    assert not list(out.rglob("*.part*"))
+
+
+def test_errors_are_one_line_with_the_code(service: Service, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    missing = run(service, cache, "info", f"{bucket_of(service)}nothing_here.bin")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines() == [missing.stderr.strip()]
+    assert missing.stderr.startswith("error: file_not_found: ")
+    bad_id = run(service, cache, "info", "no-bucket")
+    assert (bad_id.returncode, bad_id.stderr.split(":")[:2]) == (1, ["error", " invalid_argument"])
+    usage = run(service, cache, "frobnicate")
+    assert usage.returncode == 2 and "invalid choice" in usage.stderr
+    # flags before the command name count (a sub-command must not reset them)
+    unreachable = run(service, cache, "--url", "http://127.0.0.1:1", "ls")
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.startswith("error: unreachable: ")
+    assert run(service, cache, "ls", "--url", "http://127.0.0.1:1").returncode == 1
+    for command in ("upload", "download", "ls", "info", "rm", "link", "zip", "cp"):
+        helped = run(service, cache, command, "--help")
+        assert helped.returncode == 0 and "example" in helped.stdout, command
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def test_a_download_killed_midway_resumes(service: Service, tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(160 * MiB))
+    file_id = service.upload(source, "big.bin")
+    target = tmp_path / "got.bin"
+    checkpoint = tmp_path / "got.bin.part.json"
+    args = ["download", file_id, "-o", str(target), "--connections", "1", "--quiet"]
+    process = subprocess.Popen([client_command(), *args], env=client_env(service, tmp_path / "c"))
+
+    def some_blocks() -> bool:
+        try:
+            return len(json.loads(checkpoint.read_text())["done"]) >= 2
+        except (OSError, ValueError):
+            return False
+
+    wait_for(some_blocks)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = json.loads(checkpoint.read_text())["done"]
+    assert 2 <= len(done_before) < 20 and not target.exists()
+    again = run(service, tmp_path / "c", *args)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stderr
+    assert target.read_bytes() == source.read_bytes()
+    assert not checkpoint.exists() and not (tmp_path / "got.bin.part").exists()
+
+
+def test_a_corrupted_part_is_caught_and_the_old_file_kept(service: Service, tmp_path: Path) -> None:
+    """A ``.part`` whose checkpoint says every block is written, but one byte of it is wrong:
+    verification refuses it, removes it and leaves the file already at the target untouched."""
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(12 * MiB))
+    file_id = service.upload(source, "data.bin")
+    info = httpx.get(f"{service.url}/files/{file_id}/info").json()
+    target = tmp_path / "data.out"
+    target.write_bytes(b"the old version")
+    corrupt = bytearray(source.read_bytes())
+    corrupt[5 * MiB] ^= 0xFF
+    (tmp_path / "data.out.part").write_bytes(corrupt)
+    (tmp_path / "data.out.part.json").write_text(
+        json.dumps({"etag": info["etag"], "size": info["file_size"], "done": [0, 1]})
+    )
+    answer = run(service, tmp_path / "c", "download", file_id, "-o", str(target), "--quiet")
+    assert answer.returncode == 1
+    assert "error: corrupt: verification failed for data.out" in answer.stderr
+    assert "the existing file is untouched" in answer.stderr
+    assert target.read_bytes() == b"the old version"
+    assert not (tmp_path / "data.out.part").exists()
+    fresh = run(service, tmp_path / "c", "download", file_id, "-o", str(target), "--quiet")
+    assert fresh.returncode == 0, fresh.stderr
+    assert target.read_bytes() == source.read_bytes()
+
+
+def test_an_upload_killed_midway_resumes(service: Service, tmp_path: Path) -> None:
+    """Killed between tus PATCHes, the same command continues from the service's offset and the
+    result is one file, byte-identical."""
+    source = tmp_path / "large.bin"
+    source.write_bytes(os.urandom(96 * MiB))
+    cache = tmp_path / "cache"
+    state = cache / "filegate-client" / "uploads.json"
+    args = ["upload", str(source), "--chunk-size", "1MiB", "--json", "--quiet"]
+    process = subprocess.Popen([client_command(), *args], env=client_env(service, cache))
+
+    def some_offset() -> bool:
+        try:
+            url = next(iter(json.loads(state.read_text()).values()))
+        except (OSError, ValueError, StopIteration):
+            return False
+        head = httpx.head(url, headers={"Tus-Resumable": "1.0.0"})
+        return int(head.headers.get("upload-offset", 0)) >= 4 * MiB
+
+    wait_for(some_offset)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    url = next(iter(json.loads(state.read_text()).values()))
+    offset = int(httpx.head(url, headers={"Tus-Resumable": "1.0.0"}).headers["upload-offset"])
+    assert 0 < offset < source.stat().st_size
+    again = run(service, cache, *args)
+    assert again.returncode == 0, again.stderr
+    assert "resuming at" in again.stderr
+    [stored] = json.loads(again.stdout)
+    assert stored["file_size"] == source.stat().st_size
+    body = httpx.get(f"{service.url}/files/{stored['file_id']}/download").content
+    assert body == source.read_bytes()
+    assert json.loads(state.read_text()) == {}
+    folder = stored["file_id"].rsplit("/", 1)[0] + "/"
+    listing = httpx.get(f"{service.url}/files", params={"prefix": folder}).json()
+    assert [f["file_id"] for f in listing["files"]] == [stored["file_id"]]
