@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
     s3_create_bucket: bool = False
     s3_multipart_checksum: Literal["crc32", "none"] = "crc32"
+    s3_copy_max_size: ByteSize = Field(
+        default=ByteSize(5 * 1024**3), ge=5 * 1024**2, le=5 * 1024**3
+    )  # larger objects are copied server-side in parts (docs/folders.md)
 
     fastdfs_tracker_servers: CommaList = Field(default_factory=list)
     fastdfs_groups: CommaList = Field(default_factory=list)

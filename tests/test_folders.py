@@ -323,6 +323,30 @@ async def test_a_legacy_fastdfs_file_moves_to_s3(
         assert await storage.keys() == before
 
 
+async def test_a_move_cut_midway_keeps_the_source_and_leaves_no_copy(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Hybrid mode: FastDFS breaks off while a 20 MiB legacy file streams to S3 (several parts
+    sent already). The move fails with 503, nothing is left on S3 (no object, no pending
+    multipart upload), and the source is intact; once FastDFS is well, the same move works."""
+    storage = await make_storage("hybrid", request, tmp_path)
+    assert storage.fastdfs is not None
+    data = os.urandom(20 * MiB)
+    async with serve(settings_for(storage)) as client:
+        legacy = await legacy_upload(storage.fastdfs, data, "old.bin")
+        before = await storage.keys()
+        storage.fastdfs.storage.fault = "eof_download"
+        cut = await client.post(f"/files/{legacy}/copy", json={"delete_source": True})
+        assert_error(cut, 503, "backend_unavailable")
+        storage.fastdfs.storage.fault = None
+        assert await storage.keys() == before
+        assert (await client.get(f"/files/{legacy}/download")).content == data
+        moved = await client.post(f"/files/{legacy}/copy", json={"delete_source": True})
+        assert moved.status_code == 201, moved.text
+        assert (await client.get(f"/files/{moved.json()['file_id']}/download")).content == data
+        assert (await client.get(f"/files/{legacy}/info")).status_code == 404
+
+
 async def test_s3_copies_server_side_when_the_write_pair_may_read(
     seaweed: Any, bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -345,6 +369,45 @@ async def test_s3_copies_server_side_when_the_write_pair_may_read(
         zipped = await client.post("/files/download-zip", json=[{"file_id": copy_id}])
         assert zipped.content[8:10] == b"\x00\x00"  # the CRC-32 came along
     assert any("server-side" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("pair", ["may read", "write only"])
+async def test_s3_copies_above_one_copy_object_in_parts(
+    seaweed: Any, bucket: str, pair: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Above ``S3_COPY_MAX_SIZE`` (5 GiB on AWS; 5 MiB here, its floor) S3 copies the object in
+    parts (``UploadPartCopy``). A write pair that may not read the source gets ``AccessDenied``
+    on the first part: that multipart upload is aborted and the bytes stream instead. Either way
+    the copy is byte-identical with its CRC-32, and no multipart upload is left pending."""
+    from tests.conftest import s3_settings
+    from tests.servers import ADMIN as ADMIN_PAIR
+
+    keys = (
+        {"s3_access_key_id": ADMIN_PAIR[0], "s3_secret_access_key": ADMIN_PAIR[1]}
+        if pair == "may read"
+        else {}
+    )
+    settings = s3_settings(seaweed.endpoint, bucket, s3_copy_max_size=5 * MiB, **keys)
+    data = os.urandom(12 * MiB + 3)
+    caplog.set_level("DEBUG", logger="app.storage.s3.backend")
+    async with serve(settings) as client:
+        source = (await client.put("/files/upload/huge.bin", content=data)).json()["file_id"]
+        copied = await client.post(f"/files/{source}/copy", json={"folder": "copies"})
+        assert copied.status_code == 201, copied.text
+        copy_id = copied.json()["file_id"]
+        assert (await client.get(f"/files/{copy_id}/download")).content == data
+        info = (await client.get(f"/files/{copy_id}/info")).json()
+        assert info["file_name"] == "huge.bin" and info["file_size"] == len(data)
+        zipped = await client.post("/files/download-zip", json=[{"file_id": copy_id}])
+        assert zipped.content[8:10] == b"\x00\x00"  # STORE: the CRC-32 came along
+    server_side = any("server-side" in record.getMessage() for record in caplog.records)
+    admin = seaweed.admin()
+    if pair == "may read":
+        assert server_side
+        assert info["etag"].endswith('-3"')  # three parts: 5 MiB, 5 MiB and the rest
+    else:
+        assert not server_side
+    assert admin.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 async def test_local_and_s3_side_by_side(seaweed: Any, bucket: str, tmp_path: Path) -> None:

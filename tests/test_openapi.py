@@ -25,6 +25,12 @@ OPERATIONS = {
     ("get", "/files/{file_id}/info"): "get_file_info",
     ("post", "/files/download-zip"): "download_zip",
     ("post", "/files/{file_id}/link"): "create_link",
+    ("get", "/files"): "list_files",
+    ("get", "/files/summary"): "summarize_files",
+    ("post", "/files/batch-delete"): "batch_delete",
+    ("post", "/files/delete-prefix"): "delete_prefix",
+    ("get", "/files/download-zip"): "download_zip_prefix",
+    ("post", "/files/{file_id}/copy"): "copy_file",
 }
 
 

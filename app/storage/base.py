@@ -150,8 +150,8 @@ class BatchDeleter(Protocol):
 
 
 class CopyNotPossible(Exception):
-    """A copy the backend cannot make itself (e.g. over S3's 5 GiB CopyObject): the caller
-    streams the bytes instead."""
+    """A copy the backend cannot make itself (e.g. an S3 write pair that may not read the
+    source): the caller streams the bytes instead."""
 
 
 @runtime_checkable

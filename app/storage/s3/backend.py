@@ -20,8 +20,8 @@ import binascii
 import logging
 import zlib
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -71,8 +71,8 @@ CLEANUP_RETRIES = (1, 2, 4, 8, 15, 30, 60, 60, 60)
 """Seconds between attempts to clean up a failed upload while S3 is unreachable (about 4 min)."""
 CLEANUP_AGAIN = 10
 """Seconds after a successful clean-up before it is repeated once."""
-MAX_COPY = 5 * 1024 * MiB
-"""The largest object one ``CopyObject`` copies."""
+COPY_PART = 1024 * MiB
+"""The part size of a copy in parts (``UploadPartCopy``), at most ``S3_COPY_MAX_SIZE``."""
 RESERVED = f"{RESERVED_FOLDER}/"
 MAX_PARTS = 10_000
 """S3's limit: with 8 MiB parts, one upload holds at most 78 GiB."""
@@ -118,6 +118,7 @@ async def open_s3_backend(settings: Settings, stack: AsyncExitStack, budget: Bud
         probe_bucket=settings.s3_default_bucket,
         multipart_checksums=settings.s3_multipart_checksum == "crc32",
         timeout=settings.backend_timeout,
+        copy_max=settings.s3_copy_max_size,
     )
     stack.push_async_callback(backend.close)
     if settings.s3_create_bucket:
@@ -139,8 +140,10 @@ class S3Backend:
         probe_bucket: str = "files",
         multipart_checksums: bool = True,
         timeout: float = 10,
+        copy_max: int = 5 * 1024 * MiB,
     ) -> None:
         self._timeout = timeout
+        self._copy_max = copy_max
         self._cleanup: set[asyncio.Task[None]] = set()
         self._write = write_client
         self._read = read_client
@@ -387,11 +390,13 @@ class S3Backend:
     ) -> None:
         """Make sure a failed upload leaves nothing at ``ref``: abort its multipart upload and
         delete the key now (shielded, within ``BACKEND_TIMEOUT``), unless the failure was S3
-        being unreachable. Then, if that did not work, or a request S3 may still store was in
-        flight (``uncertain``: a PUT or the completion), go on in the background until S3
-        answers, and once more a little later. Keys are never reused, so nothing else is hit."""
+        being unreachable (not the source of a copy: then S3 is well and cleans up at once).
+        Then, if that did not work, or a request S3 may still store was in flight
+        (``uncertain``: a PUT or the completion), go on in the background until S3 answers, and
+        once more a little later. Keys are never reused, so nothing else is hit."""
         cleaned = False
-        if not isinstance(failure, BackendUnavailable):
+        s3_down = isinstance(failure, BackendUnavailable) and failure.backend in ("s3", None)
+        if not s3_down:
             with anyio.CancelScope(shield=True):
                 cleaned = await self._try_clean(ref, upload_id)
         if cleaned and not uncertain:
@@ -531,41 +536,105 @@ class S3Backend:
         }
 
     async def copy_within(self, source: ObjectInfo, new: NewObject) -> ObjectInfo:
-        """``CopyObject`` with the write pair: S3 copies the bytes itself. The copy gets ``new``'s
-        name, type and metadata, and keeps the source's CRC-32 in its metadata (the bytes are
-        the same). S3 copies at most 5 GiB in one request: a larger source is
-        ``CopyNotPossible``, and the service streams it."""
-        if source.size > MAX_COPY:
-            raise CopyNotPossible("Larger than one CopyObject takes.")
+        """S3 copies the bytes itself, with the write pair: ``CopyObject`` up to
+        ``S3_COPY_MAX_SIZE`` (5 GiB, S3's limit), ``UploadPartCopy`` in parts above it. The copy
+        gets ``new``'s name, type and metadata, and keeps the source's CRC-32 in its metadata
+        (the bytes are the same). Where the store will not copy (a write pair that may not
+        read, or no copy support), ``CopyNotPossible``: the service streams the bytes."""
         crc = source.crc32
         if crc is None:
             crc = await self.stored_crc32(source.ref)
+        if source.size > self._copy_max:
+            etag = await self._copy_in_parts(source, new, crc)
+        else:
+            etag = await self._copy_whole(source, new, crc)
+        log.debug(
+            "copied s3:%s/%s to %s server-side", source.ref.bucket, source.ref.key, new.ref.key
+        )
+        return _stored(new, source.size, etag, crc)
+
+    async def _copy_whole(self, source: ObjectInfo, new: NewObject, crc: int | None) -> str:
         ref = new.ref
         async with self.bounded(source.size / (64 * MiB)):
+            with translate_errors(writing=True), _copy_refused():
+                answer = await self._write.copy_object(
+                    Bucket=ref.bucket,
+                    Key=ref.key,
+                    CopySource={"Bucket": source.ref.bucket, "Key": source.ref.key},
+                    MetadataDirective="REPLACE",
+                    ContentType=new.content_type,
+                    Metadata=metadata.encode(new, crc),
+                )
+        return str(answer.get("CopyObjectResult", {}).get("ETag", source.etag))
+
+    async def _copy_in_parts(self, source: ObjectInfo, new: NewObject, crc: int | None) -> str:
+        """A multipart upload whose parts S3 copies from ranges of the source, a few at a time;
+        aborted (and its key checked empty) on any failure, so no partial copy is left."""
+        ref = new.ref
+        part_size = max(min(self._copy_max, COPY_PART), -(-source.size // MAX_PARTS))
+        async with self.bounded():
             with translate_errors(writing=True):
-                try:
-                    answer = await self._write.copy_object(
+                created = await self._write.create_multipart_upload(
+                    Bucket=ref.bucket,
+                    Key=ref.key,
+                    ContentType=new.content_type,
+                    Metadata=metadata.encode(new, crc),
+                )
+        upload_id: str = created["UploadId"]
+        slots = asyncio.Semaphore(PARTS_IN_FLIGHT)
+
+        async def copy_part(number: int, start: int) -> dict[str, Any]:
+            end = min(start + part_size, source.size) - 1
+            async with slots, self.bounded((end + 1 - start) / (64 * MiB)):
+                with translate_errors(writing=True), _copy_refused():
+                    answer = await self._write.upload_part_copy(
                         Bucket=ref.bucket,
                         Key=ref.key,
+                        UploadId=upload_id,
+                        PartNumber=number,
                         CopySource={"Bucket": source.ref.bucket, "Key": source.ref.key},
-                        MetadataDirective="REPLACE",
-                        ContentType=new.content_type,
-                        Metadata=metadata.encode(new, crc),
+                        CopySourceRange=f"bytes={start}-{end}",
                     )
-                except ClientError as exc:
-                    # CopyObject reads the source with the write pair: a write-only pair may
-                    # not, and some S3-compatible stores do not copy at all. Then stream.
-                    if error_code(exc) in ("AccessDenied", "NotImplemented"):
-                        raise CopyNotPossible(error_code(exc)) from exc
-                    raise
-        log.debug("copied s3:%s/%s to %s server-side", source.ref.bucket, source.ref.key, ref.key)
-        etag = answer.get("CopyObjectResult", {}).get("ETag", source.etag)
-        return _stored(new, source.size, etag, crc)
+            return {"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]}
+
+        starts = range(0, source.size, part_size)
+        tasks = [asyncio.create_task(copy_part(n, start)) for n, start in enumerate(starts, 1)]
+        completing = False
+        try:
+            done = await asyncio.gather(*tasks)
+            completing = True
+            async with self.bounded():
+                with translate_errors(writing=True):
+                    answer = await self._write.complete_multipart_upload(
+                        Bucket=ref.bucket,
+                        Key=ref.key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": done},  # type: ignore[typeddict-item]
+                    )
+        except BaseException as failure:
+            for task in tasks:
+                task.cancel()
+            with anyio.CancelScope(shield=True):
+                await self._abort(ref, upload_id, tasks, failure, uncertain=completing)
+            raise
+        return str(answer.get("ETag", '""'))
 
     async def check(self) -> None:
         """``head_bucket`` on the default bucket, with the read pair."""
         with translate_errors():
             await self._read.head_bucket(Bucket=self._probe_bucket)
+
+
+@contextmanager
+def _copy_refused() -> Iterator[None]:
+    """A copy S3 will not make: it reads the source with the write pair, which a write-only pair
+    may not, and some S3-compatible stores do not copy at all."""
+    try:
+        yield
+    except ClientError as exc:
+        if error_code(exc) in ("AccessDenied", "NotImplemented"):
+            raise CopyNotPossible(error_code(exc)) from exc
+        raise
 
 
 def _stored(obj: NewObject, size: int, etag: str, crc32: int | None) -> ObjectInfo:
