@@ -17,6 +17,7 @@ from filegate_client.api import Api, Failure, Settings, failure_of, file_path
 from filegate_client.download import download
 from filegate_client.progress import Bars
 from filegate_client.upload import Uploader, expand, upload_all
+from filegate_client.workers import Cancel
 
 MiB = 1024 * 1024
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
@@ -160,8 +161,9 @@ def _upload(api: Api, args: argparse.Namespace) -> int:
     items = expand(args.paths, args.folder)
     with Bars(quiet=args.quiet, total=sum(i.size for i in items), label="total") as bars:
         uploader = Uploader(
-            api, bars, bucket=args.bucket, metadata=metadata, chunk_size=args.chunk_size
-        )
+            api, bars, bucket=args.bucket, metadata=metadata, chunk_size=args.chunk_size,
+            cancel=Cancel(),
+        )  # fmt: skip
         results = upload_all(uploader, items, args.parallel)
     _print(args, results, [r["file_id"] for r in results])
     return 0
@@ -177,7 +179,9 @@ def _download(api: Api, args: argparse.Namespace) -> int:
     if target.is_dir():
         target = target / info["file_name"]
     with Bars(quiet=args.quiet, total=int(info["file_size"]), label="total") as bars:
-        result = download(api, bars, args.file_id, target, connections=args.connections)
+        result = download(
+            api, bars, args.file_id, target, connections=args.connections, cancel=Cancel()
+        )
     _print(args, result, [str(target)])
     return 0
 
@@ -188,6 +192,7 @@ def _download_prefix(api: Api, args: argparse.Namespace) -> int:
     folder = prefix.split("/", 1)[1] if "/" in prefix else ""
     files = [item for page, _ in api.walk(prefix, recursive=True) for item in page]
     results = []
+    cancel = Cancel()
     with Bars(quiet=args.quiet, total=sum(f["file_size"] for f in files), label="total") as bars:
         for item in files:
             key = item["file_id"].split("/", 1)[1]
@@ -195,7 +200,9 @@ def _download_prefix(api: Api, args: argparse.Namespace) -> int:
             target = base / below / item["file_name"]
             target.parent.mkdir(parents=True, exist_ok=True)
             results.append(
-                download(api, bars, item["file_id"], target, connections=args.connections)
+                download(
+                    api, bars, item["file_id"], target, connections=args.connections, cancel=cancel
+                )
             )
     _print(args, results, [r["path"] for r in results])
     return 0

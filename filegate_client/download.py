@@ -20,19 +20,21 @@ import os
 import re
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from filegate_client.api import Api, Failure, failure_of, file_path
+from filegate_client.crc import crc32_combine
 from filegate_client.progress import Bars
+from filegate_client.workers import Cancel, run_all
 
 MiB = 1024 * 1024
-BLOCK = 8 * MiB
 S3_PART = 8 * MiB
 """filegate's S3 part size: a multipart ETag is the MD5 of the MD5s of 8 MiB parts."""
+BLOCK = S3_PART
+"""One ranged GET; the same as a part, so each block's MD5 is a part's."""
 _CRC_ETAG = re.compile(r'^"([0-9a-f]{8})(?:-[0-9a-f]+)?"$')
 _MD5_ETAG = re.compile(r'^"([0-9a-f]{32})(?:-(\d+))?"$')
 
@@ -72,7 +74,7 @@ class Changed(Exception):
 
 
 def download(
-    api: Api, bars: Bars, file_id: str, target: Path, *, connections: int
+    api: Api, bars: Bars, file_id: str, target: Path, *, connections: int, cancel: Cancel
 ) -> dict[str, Any]:
     info = api.info(file_id)
     size, etag = int(info["file_size"]), str(info["etag"])
@@ -91,9 +93,10 @@ def download(
             task = bars.add(target.name, size, min(resumed, size))
             blocks = [b for b in range((size + BLOCK - 1) // BLOCK) if b not in checkpoint.done]
             try:
-                _fetch_all(
-                    api, bars, task, file_id, fd, blocks, size, etag, checkpoint, connections
-                )
+                fetched = _fetch_all(
+                    api, bars, task, file_id, fd, blocks, size, etag, checkpoint, connections,
+                    cancel,
+                )  # fmt: skip
             except Changed:
                 info = api.info(file_id)
                 size, etag = int(info["file_size"]), str(info["etag"])
@@ -103,7 +106,7 @@ def download(
             os.fsync(fd)
         finally:
             os.close(fd)
-        _verify(part, size, etag, target)
+        _verify(part, size, etag, target, fetched)
         os.replace(part, target)
         checkpoint_path.unlink(missing_ok=True)
         return {"file_id": file_id, "path": str(target), "size": size, "etag": etag}
@@ -112,14 +115,19 @@ def download(
 
 def _fetch_all(
     api: Api, bars: Bars, task: Any, file_id: str, fd: int, blocks: list[int], size: int,
-    etag: str, checkpoint: Checkpoint, connections: int,
-) -> None:  # fmt: skip
+    etag: str, checkpoint: Checkpoint, connections: int, cancel: Cancel,
+) -> dict[int, BlockSum]:  # fmt: skip
+    """Fetch ``blocks`` into ``fd``; the checksums of each, taken from the bytes as they were
+    written (hashlib and zlib release the GIL, so the workers hash in parallel)."""
     url = file_path(file_id, "/download")
+    kinds = _kinds(etag)
+    sums: dict[int, BlockSum] = {}
 
     def fetch(block: int) -> None:
         start = block * BLOCK
         end = min(start + BLOCK, size) - 1
         headers = {"Range": f"bytes={start}-{end}", "If-Range": etag}
+        block_sum = BlockSum(kinds)
         try:
             with api.http.stream("GET", url, headers=headers) as response:
                 if response.status_code == 200 and size > 0:
@@ -128,8 +136,10 @@ def _fetch_all(
                     response.read()
                     raise failure_of(response)
                 offset = start
-                for chunk in response.iter_bytes(MiB):
+                for chunk in response.iter_raw():
+                    cancel.check()
                     os.pwrite(fd, chunk, offset)
+                    block_sum.update(chunk)
                     offset += len(chunk)
                     bars.advance(task, len(chunk))
                 if offset != end + 1:
@@ -139,21 +149,47 @@ def _fetch_all(
                 f"the download was cut ({exc}); run the same command again to resume",
                 "interrupted",
             ) from exc
+        # start writing the block back now, so the final fsync has little left to wait for
+        os.posix_fadvise(fd, start, end + 1 - start, os.POSIX_FADV_DONTNEED)
+        sums[block] = block_sum
         checkpoint.record(block)
 
-    if size == 0:
-        return
-    with ThreadPoolExecutor(max(1, connections)) as pool:
-        for future in [pool.submit(fetch, block) for block in blocks]:
-            future.result()
+    if size > 0:
+        run_all(fetch, blocks, connections, cancel)
+    return sums
 
 
-def _verify(part: Path, size: int, etag: str, target: Path) -> None:
-    """Size, then the checksum the ETag carries; a mismatch keeps ``target`` as it was."""
+class BlockSum:
+    """The checksums of one block that the ETag lets the client check: always the CRC-32, and
+    the MD5 for an S3 ETag (of the whole file, or of 8 MiB parts)."""
+
+    def __init__(self, kinds: frozenset[str]) -> None:
+        self.length = 0
+        self.crc = 0
+        self._md5 = hashlib.md5(usedforsecurity=False) if "md5" in kinds else None
+
+    def update(self, data: bytes) -> None:
+        self.length += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+        if self._md5 is not None:
+            self._md5.update(data)
+
+    @property
+    def md5(self) -> bytes:
+        return self._md5.digest() if self._md5 is not None else b""
+
+
+def _kinds(etag: str) -> frozenset[str]:
+    return frozenset({"md5"}) if _MD5_ETAG.match(etag) else frozenset()
+
+
+def _verify(part: Path, size: int, etag: str, target: Path, fetched: dict[int, BlockSum]) -> None:
+    """Size, then the checksum the ETag carries; a mismatch keeps ``target`` as it was. Blocks
+    fetched in this run bring their checksums; blocks from an earlier run are read back."""
     actual = part.stat().st_size
     problem = None if actual == size else f"size {actual:,}, expected {size:,}"
     if problem is None:
-        problem = _checksum_problem(part, etag)
+        problem = _checksum_problem(part, size, etag, fetched)
     if problem is not None:
         part.unlink(missing_ok=True)
         part.with_name(part.name + ".json").unlink(missing_ok=True)
@@ -161,29 +197,39 @@ def _verify(part: Path, size: int, etag: str, target: Path) -> None:
         raise Failure(f"verification failed for {target.name}: {problem}; {kept}", "corrupt")
 
 
-def _checksum_problem(part: Path, etag: str) -> str | None:
+def _checksum_problem(part: Path, size: int, etag: str, fetched: dict[int, BlockSum]) -> str | None:
     crc_match = _CRC_ETAG.match(etag)
     md5_match = _MD5_ETAG.match(etag)
     if crc_match is None and md5_match is None:
         return None  # no checksum to compare with (size only)
-    crc = 0
-    whole = hashlib.md5(usedforsecurity=False)
-    parts: list[bytes] = []
+    count = (size + BLOCK - 1) // BLOCK
+    sums: list[BlockSum] = []
     with part.open("rb") as file:
-        while chunk := file.read(S3_PART):
-            crc = zlib.crc32(chunk, crc)
-            whole.update(chunk)
-            parts.append(hashlib.md5(chunk, usedforsecurity=False).digest())
-    if crc_match is not None and int(crc_match.group(1), 16) == crc:
-        return None
-    if md5_match is not None:
-        expected, count = md5_match.group(1), md5_match.group(2)
-        if count is None and whole.hexdigest() == expected:
-            return None
-        if count is not None:
-            combined = hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest()
-            if int(count) != len(parts):
-                return None  # parts of another size: the checksum cannot be recomputed
-            if combined == expected:
-                return None
-    return "the content does not match the service's checksum"
+        for block in range(count):
+            if block not in fetched:
+                fetched[block] = BlockSum(_kinds(etag))
+                file.seek(block * BLOCK)
+                fetched[block].update(file.read(BLOCK))
+            sums.append(fetched[block])
+    if crc_match is not None:
+        crc = 0
+        for block_sum in sums:
+            crc = crc32_combine(crc, block_sum.crc, block_sum.length)
+        return None if int(crc_match.group(1), 16) == crc else _MISMATCH
+    assert md5_match is not None
+    expected, parts = md5_match.group(1), md5_match.group(2)
+    if parts is None:
+        whole = hashlib.md5(usedforsecurity=False)
+        if len(sums) == 1:
+            actual = sums[0].md5.hex()
+        else:  # an S3 object copied whole (rare): the MD5 of everything, in order
+            with part.open("rb") as file:
+                actual = hashlib.file_digest(file, lambda: whole).hexdigest()
+        return None if actual == expected else _MISMATCH
+    if int(parts) != len(sums):
+        return None  # parts of another size: the checksum cannot be recomputed (size only)
+    combined = hashlib.md5(b"".join(s.md5 for s in sums), usedforsecurity=False).hexdigest()
+    return None if combined == expected else _MISMATCH
+
+
+_MISMATCH = "the content does not match the service's checksum"

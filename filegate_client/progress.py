@@ -5,17 +5,10 @@ from __future__ import annotations
 import sys
 import threading
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 class Bars:
@@ -26,7 +19,17 @@ class Bars:
         self._lock = threading.Lock()
         self._progress: Progress | None = None
         self._total: TaskID | None = None
-        if self.shown:
+        if self.shown:  # rich is imported only here: a script's run starts faster without it
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("[bold]{task.description}", justify="left"),
                 BarColumn(),

@@ -15,14 +15,16 @@ import json
 import os
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
+
+import httpx
 
 from filegate_client.api import TUS, Api, Failure, failure_of
 from filegate_client.progress import Bars
+from filegate_client.workers import Cancel, run_all
 
 MiB = 1024 * 1024
 TUS_THRESHOLD = 8 * MiB
@@ -93,13 +95,28 @@ def _key(api: Api, item: Item, bucket: str | None, metadata: dict[str, str]) -> 
     return f"{api.settings.url}|{item.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{where}"
 
 
-def _chunks(file: Any, size: int) -> Iterator[bytes]:
-    while size > 0:
-        chunk = file.read(min(MiB, size))
-        if not chunk:
+def _pieces(file: BinaryIO, offset: int, size: int, bars: Bars, task: Any) -> Iterator[bytes]:
+    """One PATCH body, read a MiB at a time as it is sent: memory stays flat at any chunk size."""
+    end = offset + size
+    while offset < end:
+        piece = os.pread(file.fileno(), min(MiB, end - offset), offset)
+        if not piece:
             raise Failure("The file became shorter while it was sent.", "changed")
-        size -= len(chunk)
-        yield chunk
+        offset += len(piece)
+        bars.advance(task, len(piece))
+        yield piece
+
+
+def _crc32_of(file: BinaryIO, offset: int, size: int) -> str:
+    """The ``Upload-Checksum`` of one PATCH (read once more to send: the page cache serves it)."""
+    crc, end = 0, offset + size
+    while offset < end:
+        piece = os.pread(file.fileno(), min(MiB, end - offset), offset)
+        if not piece:
+            raise Failure("The file became shorter while it was sent.", "changed")
+        crc = zlib.crc32(piece, crc)
+        offset += len(piece)
+    return base64.b64encode(crc.to_bytes(4, "big")).decode()
 
 
 class Uploader:
@@ -111,8 +128,10 @@ class Uploader:
         bucket: str | None,
         metadata: dict[str, str],
         chunk_size: int,
+        cancel: Cancel,
     ) -> None:
         self.api = api
+        self.cancel = cancel
         self.bars = bars
         self.bucket = bucket
         self.metadata = metadata
@@ -156,25 +175,23 @@ class Uploader:
             self.state.put(key, url)
         task = self.bars.add(item.path.name, item.size, offset)
         with item.path.open("rb") as file:
-            file.seek(offset)
             while True:
+                self.cancel.check()
                 size = min(self.chunk_size, item.size - offset)
-                data = file.read(size)
-                if len(data) != size:
-                    raise Failure("The file became shorter while it was sent.", "changed")
-                checksum = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+                checksum = _crc32_of(file, offset, size)
                 try:
                     answer = self.api.http.patch(
                         url,
-                        content=data,
+                        content=_pieces(file, offset, size, self.bars, task),
                         headers={
                             **TUS,
                             "Content-Type": "application/offset+octet-stream",
+                            "Content-Length": str(size),  # not chunked: the body is a generator
                             "Upload-Offset": str(offset),
                             "Upload-Checksum": f"crc32 {checksum}",
                         },
                     )
-                except Exception as exc:
+                except (httpx.TransportError, OSError) as exc:
                     raise Failure(
                         f"{item.path.name}: the upload was cut at {offset:,} bytes ({exc}); "
                         "run the same command again to resume", "interrupted",
@@ -182,7 +199,6 @@ class Uploader:
                 if answer.status_code != 204:
                     raise failure_of(answer)
                 offset = int(answer.headers["upload-offset"])
-                self.bars.advance(task, len(data))
                 if "file-id" in answer.headers:
                     self.state.drop(key)
                     return self.api.info(answer.headers["file-id"])
@@ -204,6 +220,6 @@ class Uploader:
 
 
 def upload_all(uploader: Uploader, items: list[Item], parallel: int) -> list[dict[str, Any]]:
-    """Upload every item, ``parallel`` at a time; the results in the order given."""
-    with ThreadPoolExecutor(max(1, parallel)) as pool:
-        return list(pool.map(uploader.upload, items))
+    """Upload every item, ``parallel`` at a time; the results in the order given. A failure or
+    Ctrl-C stops the others between two PATCHes, resumable."""
+    return run_all(uploader.upload, items, parallel, uploader.cancel)
