@@ -74,7 +74,8 @@ class Terminal:
 
 
 @pytest.fixture
-def terminal_env(tmp_path: Path) -> Iterator[tuple[Service, dict[str, str]]]:
+def terminal(tmp_path: Path) -> Iterator[tuple[Service, Terminal]]:
+    """filegate (local disk) as a process, and a terminal whose shell finds the client."""
     if shutil.which("tmux") is None:
         pytest.fail("tmux is missing: .ci/run installs it (apt-get install tmux)")
     service = Service({"LOCAL_ROOT": str(tmp_path / "data")})
@@ -86,82 +87,78 @@ def terminal_env(tmp_path: Path) -> Iterator[tuple[Service, dict[str, str]]]:
         "TERM": "xterm-256color",
         "COLUMNS": "120",
     }
-    yield service, env
-    service.stop()
+    try:
+        terminal = Terminal(tmp_path / "tmux.sock", env)
+        try:
+            yield service, terminal
+        finally:
+            terminal.close()
+    finally:
+        service.stop()
 
 
 def test_progress_bars_render_and_ctrl_c_resumes(
-    terminal_env: tuple[Service, dict[str, str]], tmp_path: Path
+    terminal: tuple[Service, Terminal], tmp_path: Path
 ) -> None:
-    service, env = terminal_env
+    service, shell = terminal
     source = tmp_path / "video.bin"
     source.write_bytes(os.urandom(256 * MiB))
     state = tmp_path / "cache" / "filegate-client" / "uploads.json"
-    terminal = Terminal(tmp_path / "tmux.sock", env)
-    try:
-        command = f"filegate-client upload {source} --chunk-size 1MiB; echo exit=$?"
+    command = f"filegate-client upload {source} --chunk-size 1MiB; echo exit=$?"
 
-        def tus_offset() -> int:
-            try:
-                url = next(iter(json.loads(state.read_text()).values()))
-            except (OSError, ValueError, StopIteration):
-                return 0
-            return int(httpx.head(url, headers=TUS).headers.get("upload-offset", 0))
+    def tus_offset() -> int:
+        try:
+            url = next(iter(json.loads(state.read_text()).values()))
+        except (OSError, ValueError, StopIteration):
+            return 0
+        return int(httpx.head(url, headers=TUS).headers.get("upload-offset", 0))
 
-        terminal.type(command)
-        # a bar for the file and one for the total, both moving, before anything is stored
-        screen = terminal.wait_for(
-            lambda s: (
-                sum(1 for line in s.splitlines() if BAR.search(line)) >= 2
-                and "video.bin" in s
-                and "total" in s
-            )
+    shell.type(command)
+    # a bar for the file and one for the total, both moving, before anything is stored
+    screen = shell.wait_for(
+        lambda s: (
+            sum(1 for line in s.splitlines() if BAR.search(line)) >= 2
+            and "video.bin" in s
+            and "total" in s
         )
-        print(f"\n--- the terminal during the upload ---\n{screen.rstrip()}\n---")
-        deadline = time.monotonic() + 60
-        while tus_offset() < 16 * MiB and time.monotonic() < deadline:
-            time.sleep(0.02)
-        terminal.ctrl_c()
-        screen = terminal.wait_for(exited, timeout=30)
-        assert re.search(r"^exit=130$", screen, re.MULTILINE), screen
-        assert "interrupted: run the same command again to resume" in screen
-        offset = tus_offset()
-        assert 16 * MiB <= offset < source.stat().st_size, offset
-        listing = httpx.get(f"{service.url}/files", params={"delimiter": ""}).json()
-        assert listing["files"] == []  # nothing visible until the upload is complete
+    )
+    print(f"\n--- the terminal during the upload ---\n{screen.rstrip()}\n---")
+    deadline = time.monotonic() + 60
+    while tus_offset() < 16 * MiB and time.monotonic() < deadline:
+        time.sleep(0.02)
+    shell.ctrl_c()
+    screen = shell.wait_for(exited, timeout=30)
+    assert re.search(r"^exit=130$", screen, re.MULTILINE), screen
+    assert "interrupted: run the same command again to resume" in screen
+    offset = tus_offset()
+    assert 16 * MiB <= offset < source.stat().st_size, offset
+    listing = httpx.get(f"{service.url}/files", params={"delimiter": ""}).json()
+    assert listing["files"] == []  # nothing visible until the upload is complete
 
-        terminal.type("clear; " + command)
-        screen = terminal.wait_for(exited)
-        print(f"--- the same command again ---\n{screen.rstrip()}\n---")
-        assert re.search(r"^exit=0$", screen, re.MULTILINE), screen
-        assert re.search(r"video\.bin: resuming at [\d,]+ of 268,435,456 bytes", screen), screen
-        assert "268.4/268.4 MB" in screen  # both bars end full
-        [stored] = httpx.get(f"{service.url}/files", params={"delimiter": ""}).json()["files"]
-        assert stored["file_id"] in screen.replace("\n", "")
-        body = httpx.get(f"{service.url}/files/{stored['file_id']}/download").content
-        assert body == source.read_bytes()
-        assert json.loads(state.read_text()) == {}
-    finally:
-        terminal.close()
+    shell.type("clear; " + command)
+    screen = shell.wait_for(exited)
+    print(f"--- the same command again ---\n{screen.rstrip()}\n---")
+    assert re.search(r"^exit=0$", screen, re.MULTILINE), screen
+    assert re.search(r"video\.bin: resuming at [\d,]+ of 268,435,456 bytes", screen), screen
+    assert "268.4/268.4 MB" in screen  # both bars end full
+    [stored] = httpx.get(f"{service.url}/files", params={"delimiter": ""}).json()["files"]
+    assert stored["file_id"] in screen.replace("\n", "")
+    body = httpx.get(f"{service.url}/files/{stored['file_id']}/download").content
+    assert body == source.read_bytes()
+    assert json.loads(state.read_text()) == {}
 
 
-def test_no_bars_when_quiet_or_piped(
-    terminal_env: tuple[Service, dict[str, str]], tmp_path: Path
-) -> None:
+def test_no_bars_when_quiet_or_piped(terminal: tuple[Service, Terminal], tmp_path: Path) -> None:
     """On the same terminal, ``--quiet`` and a pipe print the id alone."""
-    _, env = terminal_env
+    _, shell = terminal
     source = tmp_path / "small.bin"
     source.write_bytes(os.urandom(12 * MiB))
-    terminal = Terminal(tmp_path / "tmux.sock", env)
-    try:
-        terminal.type(f"filegate-client upload {source} --quiet; echo exit=$?")
-        quiet = terminal.wait_for(exited)
-        terminal.type(f"clear; filegate-client upload {source} | cat; echo exit=$?")
-        piped = terminal.wait_for(exited)
-        for screen in (quiet, piped):
-            lines = [line.strip() for line in screen.splitlines() if line.strip()]
-            assert not any("━" in line or "MB/s" in line for line in lines), screen
-            end = lines.index("exit=0")
-            assert re.fullmatch(r"local:files/[0-9a-f]{16}_small\.bin", lines[end - 1]), screen
-    finally:
-        terminal.close()
+    shell.type(f"filegate-client upload {source} --quiet; echo exit=$?")
+    quiet = shell.wait_for(exited)
+    shell.type(f"clear; filegate-client upload {source} | cat; echo exit=$?")
+    piped = shell.wait_for(exited)
+    for screen in (quiet, piped):
+        lines = [line.strip() for line in screen.splitlines() if line.strip()]
+        assert not any("━" in line or "MB/s" in line for line in lines), screen
+        end = lines.index("exit=0")
+        assert re.fullmatch(r"local:files/[0-9a-f]{16}_small\.bin", lines[end - 1]), screen

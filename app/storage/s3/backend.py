@@ -309,10 +309,17 @@ class S3Backend:
         return {"PartNumber": number, "ETag": answer["ETag"], **checksum}
 
     async def complete(
-        self, ref: ObjectRef, upload_id: str, parts: list[dict[str, Any]]
+        self,
+        ref: ObjectRef,
+        upload_id: str,
+        parts: list[dict[str, Any]],
+        *,
+        checksums: bool | None = None,
     ) -> tuple[str, int | None]:
-        """Complete a multipart upload; the ETag and the full-object CRC-32 S3 derived."""
-        checksum = {"ChecksumType": "FULL_OBJECT"} if self._checksums else {}
+        """Complete a multipart upload; the ETag and the full-object CRC-32 S3 derived (when
+        the upload was created with checksums: by default, as ``S3_MULTIPART_CHECKSUM`` says)."""
+        with_checksum = self._checksums if checksums is None else checksums
+        checksum = {"ChecksumType": "FULL_OBJECT"} if with_checksum else {}
         async with self.bounded():
             with translate_errors(writing=True):
                 answer = await self._write.complete_multipart_upload(
@@ -603,21 +610,14 @@ class S3Backend:
         try:
             done = await asyncio.gather(*tasks)
             completing = True
-            async with self.bounded():
-                with translate_errors(writing=True):
-                    answer = await self._write.complete_multipart_upload(
-                        Bucket=ref.bucket,
-                        Key=ref.key,
-                        UploadId=upload_id,
-                        MultipartUpload={"Parts": done},  # type: ignore[typeddict-item]
-                    )
+            etag, _ = await self.complete(ref, upload_id, done, checksums=False)
         except BaseException as failure:
             for task in tasks:
                 task.cancel()
             with anyio.CancelScope(shield=True):
                 await self._abort(ref, upload_id, tasks, failure, uncertain=completing)
             raise
-        return str(answer.get("ETag", '""'))
+        return etag
 
     async def check(self) -> None:
         """``head_bucket`` on the default bucket, with the read pair."""
