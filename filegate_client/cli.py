@@ -179,9 +179,7 @@ def _download(api: Api, args: argparse.Namespace) -> int:
     if target.is_dir():
         target = target / info["file_name"]
     with Bars(quiet=args.quiet, total=int(info["file_size"]), label="total") as bars:
-        result = download(
-            api, bars, args.file_id, target, connections=args.connections, cancel=Cancel()
-        )
+        result = download(api, bars, args.file_id, target, connections=args.connections)
     _print(args, result, [str(target)])
     return 0
 
@@ -192,7 +190,6 @@ def _download_prefix(api: Api, args: argparse.Namespace) -> int:
     folder = prefix.split("/", 1)[1] if "/" in prefix else ""
     files = [item for page, _ in api.walk(prefix, recursive=True) for item in page]
     results = []
-    cancel = Cancel()
     with Bars(quiet=args.quiet, total=sum(f["file_size"] for f in files), label="total") as bars:
         for item in files:
             key = item["file_id"].split("/", 1)[1]
@@ -200,9 +197,7 @@ def _download_prefix(api: Api, args: argparse.Namespace) -> int:
             target = base / below / item["file_name"]
             target.parent.mkdir(parents=True, exist_ok=True)
             results.append(
-                download(
-                    api, bars, item["file_id"], target, connections=args.connections, cancel=cancel
-                )
+                download(api, bars, item["file_id"], target, connections=args.connections)
             )
     _print(args, results, [r["path"] for r in results])
     return 0

@@ -74,7 +74,7 @@ class Changed(Exception):
 
 
 def download(
-    api: Api, bars: Bars, file_id: str, target: Path, *, connections: int, cancel: Cancel
+    api: Api, bars: Bars, file_id: str, target: Path, *, connections: int
 ) -> dict[str, Any]:
     info = api.info(file_id)
     size, etag = int(info["file_size"]), str(info["etag"])
@@ -94,9 +94,8 @@ def download(
             blocks = [b for b in range((size + BLOCK - 1) // BLOCK) if b not in checkpoint.done]
             try:
                 fetched = _fetch_all(
-                    api, bars, task, file_id, fd, blocks, size, etag, checkpoint, connections,
-                    cancel,
-                )  # fmt: skip
+                    api, bars, task, file_id, fd, blocks, size, etag, checkpoint, connections
+                )
             except Changed:
                 info = api.info(file_id)
                 size, etag = int(info["file_size"]), str(info["etag"])
@@ -115,11 +114,13 @@ def download(
 
 def _fetch_all(
     api: Api, bars: Bars, task: Any, file_id: str, fd: int, blocks: list[int], size: int,
-    etag: str, checkpoint: Checkpoint, connections: int, cancel: Cancel,
+    etag: str, checkpoint: Checkpoint, connections: int,
 ) -> dict[int, BlockSum]:  # fmt: skip
     """Fetch ``blocks`` into ``fd``; the checksums of each, taken from the bytes as they were
-    written (hashlib and zlib release the GIL, so the workers hash in parallel)."""
+    written (hashlib and zlib release the GIL, so the workers hash in parallel). Each attempt
+    has its own ``Cancel``: one that found the file changed stops, the next starts afresh."""
     url = file_path(file_id, "/download")
+    cancel = Cancel()
     kinds = _kinds(etag)
     sums: dict[int, BlockSum] = {}
 

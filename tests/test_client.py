@@ -156,6 +156,43 @@ def test_a_download_killed_midway_resumes(service: Service, tmp_path: Path) -> N
     assert not checkpoint.exists() and not (tmp_path / "got.bin.part").exists()
 
 
+def test_a_download_of_a_file_changed_since_starts_again(
+    seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    """The object is replaced behind the service between two runs: its ETag no longer matches
+    the checkpoint's, so the client starts again cleanly with the new version (never a mix of
+    the two). Within a run, ``If-Range`` guards the same way."""
+    bucket = seaweed.create_bucket(unique_bucket())
+    service = Service(seaweed.service_env(bucket))
+    service.start(tmp_path)
+    try:
+        old, new = os.urandom(96 * MiB), os.urandom(80 * MiB)
+        (tmp_path / "v1.bin").write_bytes(old)
+        file_id = service.upload(tmp_path / "v1.bin", "doc.bin")
+        target, checkpoint = tmp_path / "doc.bin", tmp_path / "doc.bin.part.json"
+        args = ["download", file_id, "-o", str(target), "--connections", "1", "--quiet"]
+        process = subprocess.Popen([client_command(), *args], env=client_env(service, tmp_path))
+
+        def some_blocks() -> bool:
+            try:
+                return len(json.loads(checkpoint.read_text())["done"]) >= 2
+            except (OSError, ValueError):
+                return False
+
+        wait_for(some_blocks)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not target.exists()
+        seaweed.admin().put_object(Bucket=bucket, Key=file_id.split("/", 1)[1], Body=new)
+        again = run(service, tmp_path, *args)
+        assert again.returncode == 0, again.stderr
+        assert "resuming" not in again.stderr
+        assert target.read_bytes() == new
+        assert not checkpoint.exists()
+    finally:
+        service.stop()
+
+
 def test_a_corrupted_part_is_caught_and_the_old_file_kept(service: Service, tmp_path: Path) -> None:
     """A ``.part`` whose checkpoint says every block is written, but one byte of it is wrong:
     verification refuses it, removes it and leaves the file already at the target untouched."""
