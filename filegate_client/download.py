@@ -107,9 +107,18 @@ def download(
             os.close(fd)
         _verify(part, size, etag, target, fetched)
         os.replace(part, target)
+        _fsync_directory(target.parent)  # the rename itself survives a crash
         checkpoint_path.unlink(missing_ok=True)
         return {"file_id": file_id, "path": str(target), "size": size, "etag": etag}
     raise Failure(f"{file_id} keeps changing on the service", "changed")
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fetch_all(
