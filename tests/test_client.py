@@ -129,14 +129,12 @@ def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
     raise AssertionError("timed out")
 
 
-def test_a_download_killed_midway_resumes(service: Service, tmp_path: Path) -> None:
-    source = tmp_path / "big.bin"
-    source.write_bytes(os.urandom(160 * MiB))
-    file_id = service.upload(source, "big.bin")
-    target = tmp_path / "got.bin"
-    checkpoint = tmp_path / "got.bin.part.json"
+def kill_a_download(service: Service, cache: Path, file_id: str, target: Path) -> list[str]:
+    """Start a one-connection download of ``file_id`` to ``target`` and SIGKILL it once its
+    checkpoint records two blocks; the command's arguments, to run it again."""
+    checkpoint = target.with_name(target.name + ".part.json")
     args = ["download", file_id, "-o", str(target), "--connections", "1", "--quiet"]
-    process = subprocess.Popen([client_command(), *args], env=client_env(service, tmp_path / "c"))
+    process = subprocess.Popen([client_command(), *args], env=client_env(service, cache))
 
     def some_blocks() -> bool:
         try:
@@ -147,6 +145,16 @@ def test_a_download_killed_midway_resumes(service: Service, tmp_path: Path) -> N
     wait_for(some_blocks)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    return args
+
+
+def test_a_download_killed_midway_resumes(service: Service, tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(160 * MiB))
+    file_id = service.upload(source, "big.bin")
+    target = tmp_path / "got.bin"
+    checkpoint = tmp_path / "got.bin.part.json"
+    args = kill_a_download(service, tmp_path / "c", file_id, target)
     done_before = json.loads(checkpoint.read_text())["done"]
     assert 2 <= len(done_before) < 20 and not target.exists()
     again = run(service, tmp_path / "c", *args)
@@ -170,18 +178,7 @@ def test_a_download_of_a_file_changed_since_starts_again(
         (tmp_path / "v1.bin").write_bytes(old)
         file_id = service.upload(tmp_path / "v1.bin", "doc.bin")
         target, checkpoint = tmp_path / "doc.bin", tmp_path / "doc.bin.part.json"
-        args = ["download", file_id, "-o", str(target), "--connections", "1", "--quiet"]
-        process = subprocess.Popen([client_command(), *args], env=client_env(service, tmp_path))
-
-        def some_blocks() -> bool:
-            try:
-                return len(json.loads(checkpoint.read_text())["done"]) >= 2
-            except (OSError, ValueError):
-                return False
-
-        wait_for(some_blocks)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        args = kill_a_download(service, tmp_path, file_id, target)
         assert not target.exists()
         seaweed.admin().put_object(Bucket=bucket, Key=file_id.split("/", 1)[1], Body=new)
         again = run(service, tmp_path, *args)
