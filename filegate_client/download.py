@@ -7,9 +7,9 @@ it, resumed after an interruption, and verified before the final rename.
 - If the file changed on the service meanwhile, ``If-Range`` makes the service answer the whole
   file (``200``) instead of the range: the download starts again cleanly.
 - Before the rename, the ``.part`` is checked by size and by a checksum the service knows: the
-  CRC-32 in a local or FastDFS ETag, or S3's ETag (the MD5 of a one-part upload, or the MD5 of
-  the parts' MD5s for filegate's 8 MiB parts). A mismatch leaves the existing file untouched,
-  removes the ``.part`` and says so.
+  CRC-32 that ``info`` reports (every file filegate stored has one), else what the ETag
+  carries (a local or FastDFS CRC-32, or S3's MD5 of a one-part upload or of 8 MiB parts'
+  MD5s). A mismatch leaves the existing file untouched, removes the ``.part`` and says so.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def download(
     api: Api, bars: Bars, file_id: str, target: Path, *, connections: int
 ) -> dict[str, Any]:
     info = api.info(file_id)
-    size, etag = int(info["file_size"]), str(info["etag"])
+    size, etag, checksum = _facts(info)
     part = target.with_name(target.name + ".part")
     checkpoint_path = target.with_name(target.name + ".part.json")
     for _attempt in range(3):
@@ -94,18 +94,19 @@ def download(
             blocks = [b for b in range((size + BLOCK - 1) // BLOCK) if b not in checkpoint.done]
             try:
                 fetched = _fetch_all(
-                    api, bars, task, file_id, fd, blocks, size, etag, checkpoint, connections
-                )
+                    api, bars, task, file_id, fd, blocks, size, etag, checksum, checkpoint,
+                    connections,
+                )  # fmt: skip
             except Changed:
                 info = api.info(file_id)
-                size, etag = int(info["file_size"]), str(info["etag"])
+                size, etag, checksum = _facts(info)
                 checkpoint_path.unlink(missing_ok=True)
                 bars.say(f"{target.name}: the file changed on the service; starting again")
                 continue
             os.fsync(fd)
         finally:
             os.close(fd)
-        _verify(part, size, etag, target, fetched)
+        _verify(part, size, checksum, target, fetched)
         os.replace(part, target)
         _fsync_directory(target.parent)  # the rename itself survives a crash
         checkpoint_path.unlink(missing_ok=True)
@@ -123,14 +124,14 @@ def _fsync_directory(path: Path) -> None:
 
 def _fetch_all(
     api: Api, bars: Bars, task: Any, file_id: str, fd: int, blocks: list[int], size: int,
-    etag: str, checkpoint: Checkpoint, connections: int,
+    etag: str, checksum: str, checkpoint: Checkpoint, connections: int,
 ) -> dict[int, BlockSum]:  # fmt: skip
     """Fetch ``blocks`` into ``fd``; the checksums of each, taken from the bytes as they were
     written (hashlib and zlib release the GIL, so the workers hash in parallel). Each attempt
     has its own ``Cancel``: one that found the file changed stops, the next starts afresh."""
     url = file_path(file_id, "/download")
     cancel = Cancel()
-    kinds = _kinds(etag)
+    kinds = _kinds(checksum)
     sums: dict[int, BlockSum] = {}
 
     def fetch(block: int) -> None:
@@ -189,17 +190,27 @@ class BlockSum:
         return self._md5.digest() if self._md5 is not None else b""
 
 
-def _kinds(etag: str) -> frozenset[str]:
-    return frozenset({"md5"}) if _MD5_ETAG.match(etag) else frozenset()
+def _facts(info: dict[str, Any]) -> tuple[int, str, str]:
+    """Size, ETag (for ``If-Range``) and what to verify against, in ETag form: the CRC-32 the
+    service reports (``"1a2b3c4d"``), else the ETag itself."""
+    etag = str(info["etag"])
+    crc32 = info.get("crc32")
+    return int(info["file_size"]), etag, f'"{crc32}"' if crc32 else etag
 
 
-def _verify(part: Path, size: int, etag: str, target: Path, fetched: dict[int, BlockSum]) -> None:
-    """Size, then the checksum the ETag carries; a mismatch keeps ``target`` as it was. Blocks
-    fetched in this run bring their checksums; blocks from an earlier run are read back."""
+def _kinds(checksum: str) -> frozenset[str]:
+    return frozenset({"md5"}) if _MD5_ETAG.match(checksum) else frozenset()
+
+
+def _verify(
+    part: Path, size: int, checksum: str, target: Path, fetched: dict[int, BlockSum]
+) -> None:
+    """Size, then the checksum; a mismatch keeps ``target`` as it was. Blocks fetched in this
+    run bring their checksums; blocks from an earlier run are read back."""
     actual = part.stat().st_size
     problem = None if actual == size else f"size {actual:,}, expected {size:,}"
     if problem is None:
-        problem = _checksum_problem(part, size, etag, fetched)
+        problem = _checksum_problem(part, size, checksum, fetched)
     if problem is not None:
         part.unlink(missing_ok=True)
         part.with_name(part.name + ".json").unlink(missing_ok=True)
@@ -207,9 +218,11 @@ def _verify(part: Path, size: int, etag: str, target: Path, fetched: dict[int, B
         raise Failure(f"verification failed for {target.name}: {problem}; {kept}", "corrupt")
 
 
-def _checksum_problem(part: Path, size: int, etag: str, fetched: dict[int, BlockSum]) -> str | None:
-    crc_match = _CRC_ETAG.match(etag)
-    md5_match = _MD5_ETAG.match(etag)
+def _checksum_problem(
+    part: Path, size: int, checksum: str, fetched: dict[int, BlockSum]
+) -> str | None:
+    crc_match = _CRC_ETAG.match(checksum)
+    md5_match = _MD5_ETAG.match(checksum)
     if crc_match is None and md5_match is None:
         return None  # no checksum to compare with (size only)
     count = (size + BLOCK - 1) // BLOCK
@@ -217,7 +230,7 @@ def _checksum_problem(part: Path, size: int, etag: str, fetched: dict[int, Block
     with part.open("rb") as file:
         for block in range(count):
             if block not in fetched:
-                fetched[block] = BlockSum(_kinds(etag))
+                fetched[block] = BlockSum(_kinds(checksum))
                 file.seek(block * BLOCK)
                 fetched[block].update(file.read(BLOCK))
             sums.append(fetched[block])

@@ -216,6 +216,47 @@ def test_a_corrupted_part_is_caught_and_the_old_file_kept(service: Service, tmp_
     assert target.read_bytes() == source.read_bytes()
 
 
+def test_a_file_whose_etag_cannot_be_recomputed_is_verified_by_its_crc32(
+    seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    """An S3 copy made in 5 MiB parts (``S3_COPY_MAX_SIZE`` at its floor) has an ETag of 5 MiB
+    parts' MD5s, which the client's 8 MiB blocks cannot recompute; the CRC-32 that ``info``
+    reports still catches a damaged ``.part``, and a clean download passes."""
+    from tests.servers import ADMIN
+
+    bucket = seaweed.create_bucket(unique_bucket())
+    env = seaweed.service_env(bucket)
+    env.update(S3_ACCESS_KEY_ID=ADMIN[0], S3_SECRET_ACCESS_KEY=ADMIN[1], S3_COPY_MAX_SIZE="5MiB")
+    service = Service(env)
+    service.start(tmp_path)
+    try:
+        data = os.urandom(12 * MiB)
+        (tmp_path / "data.bin").write_bytes(data)
+        source_id = service.upload(tmp_path / "data.bin", "data.bin")
+        copied = run(service, tmp_path / "c", "cp", source_id, "--folder", "copies", "--json")
+        assert copied.returncode == 0, copied.stderr
+        file_id = json.loads(copied.stdout)["file_id"]
+        info = httpx.get(f"{service.url}/files/{file_id}/info").json()
+        assert info["etag"].endswith('-3"') and info["crc32"] == f"{zlib.crc32(data):08x}"
+        target = tmp_path / "data.out"
+        corrupt = bytearray(data)
+        corrupt[9 * MiB] ^= 0xFF
+        (tmp_path / "data.out.part").write_bytes(corrupt)
+        (tmp_path / "data.out.part.json").write_text(
+            json.dumps({"etag": info["etag"], "size": info["file_size"], "done": [0, 1]})
+        )
+        args = ["download", file_id, "-o", str(target), "--quiet"]
+        refused = run(service, tmp_path / "c", *args)
+        assert refused.returncode == 1
+        assert "error: corrupt: verification failed for data.out" in refused.stderr
+        assert not target.exists()
+        fresh = run(service, tmp_path / "c", *args)
+        assert fresh.returncode == 0, fresh.stderr
+        assert target.read_bytes() == data
+    finally:
+        service.stop()
+
+
 def test_an_upload_killed_midway_resumes(service: Service, tmp_path: Path) -> None:
     """Killed between tus PATCHes, the same command continues from the service's offset and the
     result is one file, byte-identical."""

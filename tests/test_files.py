@@ -75,6 +75,7 @@ async def test_round_trip_is_byte_exact(
     assert info["file_size"] == size
     assert info["etag"] == attach["etag"]
     assert info["backend"] == storage.backend
+    assert info["crc32"] == f"{zlib.crc32(data):08x}"  # every backend, one-part or multipart
     if storage.backend == "fastdfs":  # FastDFS keeps a CRC32, which becomes the ETag
         assert attach["etag"] == f'"{zlib.crc32(data):08x}"'
     elif storage.backend == "local":  # files never change in place: CRC-32 and size

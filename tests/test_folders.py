@@ -7,6 +7,7 @@ import asyncio
 import io
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +399,7 @@ async def test_s3_copies_above_one_copy_object_in_parts(
         assert (await client.get(f"/files/{copy_id}/download")).content == data
         info = (await client.get(f"/files/{copy_id}/info")).json()
         assert info["file_name"] == "huge.bin" and info["file_size"] == len(data)
+        assert info["crc32"] == f"{zlib.crc32(data):08x}"
         zipped = await client.post("/files/download-zip", json=[{"file_id": copy_id}])
         assert zipped.content[8:10] == b"\x00\x00"  # STORE: the CRC-32 came along
     server_side = any("server-side" in record.getMessage() for record in caplog.records)

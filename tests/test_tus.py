@@ -132,6 +132,7 @@ async def test_chunks_of_any_size_make_the_file(tus_storage: Storage) -> None:
         info = (await client.get(f"/files/{file_id}/info")).json()
         assert info["file_name"] == "big report.pdf"
         assert info["content_type"] == "application/pdf"
+        assert info["crc32"] == f"{zlib.crc32(data):08x}"  # parts of any size: still known
         zipped = await client.post("/files/download-zip", json=[{"file_id": file_id}])
         assert zipped.status_code == 200
         # a stored entry carries the file's CRC-32 in its local header

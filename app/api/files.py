@@ -20,8 +20,8 @@ router = APIRouter(prefix="/files", tags=["files"])
     responses=declare(InvalidArgument, Forbidden, FileNotFound),
 )
 async def get_file_info(file_id: FileIdDep, files: FilesDep, principal: PrincipalDep) -> FileInfo:
-    """Size, times, type, original name and metadata of a file."""
-    return FileInfo.of(await files.info(principal, file_id))
+    """Size, times, type, original name, metadata and CRC-32 of a file."""
+    return FileInfo.of(await files.info(principal, file_id, with_crc32=True))
 
 
 @router.delete(

@@ -53,6 +53,12 @@ class FileInfo(BaseModel):
     storage_class: str | None
     metadata: dict[str, str]
     backend: str
+    crc32: str | None = Field(
+        default=None,
+        pattern="^[0-9a-f]{8}$",
+        description="The CRC-32 of the content, 8 hex digits, where the storage keeps one "
+        "(every file filegate stored does); clients verify downloads with it.",
+    )
 
     @field_serializer("last_modify_time")
     def _iso_with_offset(self, value: datetime) -> str:
@@ -71,6 +77,7 @@ class FileInfo(BaseModel):
             storage_class=info.storage_class,
             metadata=dict(info.metadata),
             backend=stored.file_id.backend,
+            crc32=None if info.crc32 is None else f"{info.crc32:08x}",
         )
 
 

@@ -111,12 +111,20 @@ class FileService:
         self.timeout = timeout
         """``BACKEND_TIMEOUT``: seconds a backend operation that streams no body may take."""
 
-    async def info(self, principal: Principal, file_id: FileId) -> StoredFile:
-        """What is known of a file (read scope)."""
+    async def info(
+        self, principal: Principal, file_id: FileId, *, with_crc32: bool = False
+    ) -> StoredFile:
+        """What is known of a file (read scope). ``with_crc32``: also its CRC-32 where the
+        backend keeps it apart from ``head`` (an S3 multipart upload: one more request)."""
         principal.check("read", file_id)
         target = self.routes.target(file_id)
         async with calling(target, file_id, self.timeout):
-            return StoredFile(file_id, await target.backend.head(file_id.ref))
+            stored = StoredFile(file_id, await target.backend.head(file_id.ref))
+            backend = target.backend
+            if with_crc32 and stored.info.crc32 is None and isinstance(backend, ChecksumReader):
+                crc32 = await backend.stored_crc32(file_id.ref)
+                stored = StoredFile(file_id, replace(stored.info, crc32=crc32))
+        return stored
 
     async def open(
         self, principal: Principal, stored: StoredFile, byte_range: ByteRange | None
@@ -232,14 +240,7 @@ class FileService:
             self.routes.target(request.file_id)
 
         async def describe(file_id: FileId) -> StoredFile:
-            stored = await self.info(principal, file_id)
-            target = self.routes.target(file_id)
-            backend = target.backend
-            if stored.info.crc32 is None and isinstance(backend, ChecksumReader):
-                async with calling(target, file_id, self.timeout):
-                    crc32 = await backend.stored_crc32(file_id.ref)
-                stored = StoredFile(file_id, replace(stored.info, crc32=crc32))
-            return stored
+            return await self.info(principal, file_id, with_crc32=True)
 
         async def open_whole(stored: StoredFile) -> ObjectStream:
             return await self.open(principal, stored, None)
