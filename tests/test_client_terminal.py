@@ -29,9 +29,11 @@ TUS = {"Tus-Resumable": "1.0.0"}
 BAR = re.compile(r"━.*\d+(\.\d+)?/\d+(\.\d+)? [kMG]?B +\d+(\.\d+)? [kMG]?B/s +\d+:\d\d:\d\d")
 
 
-def exited(screen: str) -> bool:
-    """The shell printed ``exit=<status>`` on a line of its own (the command line has ``$?``)."""
-    return re.search(r"^exit=\d+$", screen, re.MULTILINE) is not None
+def ended(marker: str) -> Callable[[str], bool]:
+    """Whether the shell printed ``<marker>=<status>`` on a line of its own (the command line
+    has ``$?`` instead). Each command echoes its own marker: after ``clear`` the screen may still
+    show the last command's line for a moment."""
+    return lambda screen: re.search(rf"^{marker}=\d+$", screen, re.MULTILINE) is not None
 
 
 class Terminal:
@@ -104,7 +106,7 @@ def test_progress_bars_render_and_ctrl_c_resumes(
     source = tmp_path / "video.bin"
     source.write_bytes(os.urandom(256 * MiB))
     state = tmp_path / "cache" / "filegate-client" / "uploads.json"
-    command = f"filegate-client upload {source} --chunk-size 1MiB; echo exit=$?"
+    command = f"filegate-client upload {source} --chunk-size 1MiB; echo"
 
     def tus_offset() -> int:
         try:
@@ -113,7 +115,7 @@ def test_progress_bars_render_and_ctrl_c_resumes(
             return 0
         return int(httpx.head(url, headers=TUS).headers.get("upload-offset", 0))
 
-    shell.type(command)
+    shell.type(f"{command} first=$?")
     # a bar for the file and one for the total, both moving, before anything is stored
     screen = shell.wait_for(
         lambda s: (
@@ -127,18 +129,18 @@ def test_progress_bars_render_and_ctrl_c_resumes(
     while tus_offset() < 16 * MiB and time.monotonic() < deadline:
         time.sleep(0.02)
     shell.ctrl_c()
-    screen = shell.wait_for(exited, timeout=30)
-    assert re.search(r"^exit=130$", screen, re.MULTILINE), screen
+    screen = shell.wait_for(ended("first"), timeout=30)
+    assert re.search(r"^first=130$", screen, re.MULTILINE), screen
     assert "interrupted: run the same command again to resume" in screen
     offset = tus_offset()
     assert 16 * MiB <= offset < source.stat().st_size, offset
     listing = httpx.get(f"{service.url}/files", params={"delimiter": ""}).json()
     assert listing["files"] == []  # nothing visible until the upload is complete
 
-    shell.type("clear; " + command)
-    screen = shell.wait_for(exited)
+    shell.type(f"clear; {command} again=$?")
+    screen = shell.wait_for(ended("again"))
     print(f"--- the same command again ---\n{screen.rstrip()}\n---")
-    assert re.search(r"^exit=0$", screen, re.MULTILINE), screen
+    assert re.search(r"^again=0$", screen, re.MULTILINE), screen
     assert re.search(r"video\.bin: resuming at [\d,]+ of 268,435,456 bytes", screen), screen
     assert "268.4/268.4 MB" in screen  # both bars end full
     [stored] = httpx.get(f"{service.url}/files", params={"delimiter": ""}).json()["files"]
@@ -153,12 +155,12 @@ def test_no_bars_when_quiet_or_piped(terminal: tuple[Service, Terminal], tmp_pat
     _, shell = terminal
     source = tmp_path / "small.bin"
     source.write_bytes(os.urandom(12 * MiB))
-    shell.type(f"filegate-client upload {source} --quiet; echo exit=$?")
-    quiet = shell.wait_for(exited)
-    shell.type(f"clear; filegate-client upload {source} | cat; echo exit=$?")
-    piped = shell.wait_for(exited)
-    for screen in (quiet, piped):
+    shell.type(f"filegate-client upload {source} --quiet; echo quiet=$?")
+    quiet = shell.wait_for(ended("quiet"))
+    shell.type(f"clear; filegate-client upload {source} | cat; echo piped=$?")
+    piped = shell.wait_for(ended("piped"))
+    for screen, marker in ((quiet, "quiet"), (piped, "piped")):
         lines = [line.strip() for line in screen.splitlines() if line.strip()]
         assert not any("━" in line or "MB/s" in line for line in lines), screen
-        end = lines.index("exit=0")
+        end = lines.index(f"{marker}=0")
         assert re.fullmatch(r"local:files/[0-9a-f]{16}_small\.bin", lines[end - 1]), screen
