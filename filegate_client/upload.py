@@ -95,27 +95,29 @@ def _key(api: Api, item: Item, bucket: str | None, metadata: dict[str, str]) -> 
     return f"{api.settings.url}|{item.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{where}"
 
 
-def _pieces(file: BinaryIO, offset: int, size: int, bars: Bars, task: Any) -> Iterator[bytes]:
-    """One PATCH body, read a MiB at a time as it is sent: memory stays flat at any chunk size."""
+def _read(file: BinaryIO, offset: int, size: int) -> Iterator[bytes]:
+    """``size`` bytes of ``file`` from ``offset``, a MiB at a time (``pread``: no file position)."""
     end = offset + size
     while offset < end:
         piece = os.pread(file.fileno(), min(MiB, end - offset), offset)
         if not piece:
             raise Failure("The file became shorter while it was sent.", "changed")
         offset += len(piece)
+        yield piece
+
+
+def _pieces(file: BinaryIO, offset: int, size: int, bars: Bars, task: Any) -> Iterator[bytes]:
+    """One PATCH body, read as it is sent: memory stays flat at any chunk size."""
+    for piece in _read(file, offset, size):
         bars.advance(task, len(piece))
         yield piece
 
 
 def _crc32_of(file: BinaryIO, offset: int, size: int) -> str:
     """The ``Upload-Checksum`` of one PATCH (read once more to send: the page cache serves it)."""
-    crc, end = 0, offset + size
-    while offset < end:
-        piece = os.pread(file.fileno(), min(MiB, end - offset), offset)
-        if not piece:
-            raise Failure("The file became shorter while it was sent.", "changed")
+    crc = 0
+    for piece in _read(file, offset, size):
         crc = zlib.crc32(piece, crc)
-        offset += len(piece)
     return base64.b64encode(crc.to_bytes(4, "big")).decode()
 
 
