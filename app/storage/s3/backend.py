@@ -267,10 +267,7 @@ class S3Backend:
             completing = True
             etag, crc32 = await self.complete(ref, upload_id, done)
         except BaseException as failure:
-            for task in tasks:
-                task.cancel()
-            with anyio.CancelScope(shield=True):
-                await self._abort(ref, upload_id, tasks, failure, uncertain=completing)
+            await self._abort(ref, upload_id, tasks, failure, uncertain=completing)
             raise
         return etag, size, crc32
 
@@ -383,9 +380,13 @@ class S3Backend:
         *,
         uncertain: bool,
     ) -> None:
-        """A failed multipart upload: abort it and make sure its key holds nothing."""
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self._forget(ref, upload_id, failure, uncertain=uncertain)
+        """A failed multipart upload: stop its parts in flight, abort it and make sure its key
+        holds nothing, shielded from the cancellation that may have caused the failure."""
+        for task in tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._forget(ref, upload_id, failure, uncertain=uncertain)
 
     async def _forget(
         self,
@@ -612,10 +613,7 @@ class S3Backend:
             completing = True
             etag, _ = await self.complete(ref, upload_id, done, checksums=False)
         except BaseException as failure:
-            for task in tasks:
-                task.cancel()
-            with anyio.CancelScope(shield=True):
-                await self._abort(ref, upload_id, tasks, failure, uncertain=completing)
+            await self._abort(ref, upload_id, tasks, failure, uncertain=completing)
             raise
         return etag
 
