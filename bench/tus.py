@@ -1,5 +1,6 @@
-"""A large upload through tus beside a plain ``curl -T`` of the same file, in S3 mode (SeaweedFS)
-and local mode, 1 worker: throughput, filegate's CPU-seconds per GiB and its peak RSS.
+"""A large upload through tus beside a plain ``curl -T`` of the same file, in S3 mode (SeaweedFS),
+local mode and FastDFS mode (the emulator, in a process of its own), 1 worker: throughput,
+filegate's CPU-seconds per GiB and its peak RSS.
 
     uv run python -m bench.tus [--size-mib 1024]
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +26,7 @@ import httpx
 from tusclient import client as tus_client
 
 from bench.common import GiB, MiB, cpu_seconds, curl, peak_mib, random_file
-from tests.servers import SeaweedFS, Service
+from tests.servers import SeaweedFS, Service, free_ports
 
 BUCKET = "tus-bench"
 TUS = ["-H", "Tus-Resumable: 1.0.0"]
@@ -105,6 +108,18 @@ def main() -> None:
         digest = hashlib.file_digest(source.open("rb"), "sha256").hexdigest()
         seaweed = SeaweedFS(work / "seaweedfs")
         seaweed.start()
+        tracker_port, storage_port = free_ports(2)
+        emulator = subprocess.Popen(
+            [sys.executable, "-m", "tests.fdfs_emulator", "--dir", str(work / "fastdfs"),
+             "--tracker-port", str(tracker_port), "--storage-port", str(storage_port)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(2)
+        fastdfs = {
+            "STORAGE_MODE": "fastdfs",
+            "FASTDFS_TRACKER_SERVERS": f"127.0.0.1:{tracker_port}",
+            "LOCAL_ROOT": str(work / "index"),
+        }
         try:
             seaweed.create_bucket(BUCKET)
             print(f"{args.size_mib} MiB, 1 worker, a fresh filegate per upload\n")
@@ -113,6 +128,7 @@ def main() -> None:
             for mode, env in (
                 ("s3", seaweed.service_env(BUCKET)),
                 ("local", {"LOCAL_ROOT": str(work / "data")}),
+                ("fastdfs", fastdfs),
             ):
                 for label, how in (
                     ("curl -T (plain)", plain),
@@ -122,6 +138,8 @@ def main() -> None:
                     rate, cpu, peak = measure(env, work, source, digest, how)
                     print(f"| {mode} | {label} | {rate:.0f} | {cpu:.2f} | {peak:.0f} |", flush=True)
         finally:
+            emulator.terminate()
+            emulator.wait()
             seaweed.stop()
 
 

@@ -205,6 +205,8 @@ def fastdfs_settings(emulator: FastDFS, **overrides: Any) -> dict[str, Any]:
         "fastdfs_tracker_servers": [emulator.tracker_address],
         "fastdfs_connect_timeout": 2,
         "fastdfs_network_timeout": 2,
+        # this test's own LOCAL_ROOT: fastdfs mode keeps its index of resumable uploads there
+        "local_root": emulator.root.parent / "data",
     }
     values.update(overrides)
     return values

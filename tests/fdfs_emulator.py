@@ -2,9 +2,10 @@
 
 Speaks the real wire format over TCP on loopback: 10-byte headers, header-only error replies with a
 Linux errno, the 40/39-byte IPv4 query replies, generated 44-character remote file names, sorted
-metadata records, sign-extended CRC32 in QUERY_FILE_INFO, 22 for any download of a 0-byte file,
-and the storage closing its connection after every EINVAL reply. Faults can be switched on while it
-runs (``fault`` on either server):
+metadata records, sign-extended CRC32 in QUERY_FILE_INFO (computed from the bytes for appender
+files), 22 for any download of a 0-byte file, appender files changed by APPEND_FILE, MODIFY_FILE
+and TRUNCATE_FILE, and the storage closing its connection after every EINVAL reply. Faults can be
+switched on while it runs (``fault`` on either server):
 
 - both: ``"stall"`` (read the request, never answer), ``"slow"`` (answer after ``delay`` seconds),
   ``"close_mid_header"`` (send half a header, then close);
@@ -59,6 +60,11 @@ DOWNLOAD_FILE = 14
 GET_METADATA = 15
 QUERY_FILE_INFO = 22
 UPLOAD_APPENDER_FILE = 23
+APPEND_FILE = 24
+MODIFY_FILE = 34
+TRUNCATE_FILE = 36
+APPENDER_FLAG = 1 << 58
+"""Set in the size field of an appender file's name (FastDFS's ``INFINITE_FILE_SIZE``)."""
 
 _REMOTE = re.compile(r"M([0-9A-F]{2})/([0-9A-F]{2})/([0-9A-F]{2})/([^/]+)")
 _EXT = re.compile(r"[A-Za-z0-9._-]*")
@@ -168,6 +174,9 @@ class Storage(_Server):
                 await self._invalid(writer)
             await _reply(writer, 0)
             return
+        if cmd in (APPEND_FILE, MODIFY_FILE, TRUNCATE_FILE):
+            await self._change_appender(cmd, pkg_len, reader, writer)
+            return
         if cmd not in (DELETE_FILE, SET_METADATA, DOWNLOAD_FILE, GET_METADATA, QUERY_FILE_INFO):
             await self._invalid(writer)
         if pkg_len > MAX_PKG:
@@ -220,6 +229,49 @@ class Storage(_Server):
             temp.unlink(missing_ok=True)
             raise
         await _reply(writer, 0, _pad(self.group, GROUP_LEN) + f"M00/{sub}/{name}".encode())
+
+    async def _change_appender(
+        self, cmd: int, pkg_len: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """24 APPEND_FILE, 34 MODIFY_FILE and 36 TRUNCATE_FILE: no group name in the request; the
+        target must be an appender file; MODIFY may start at most at the end of the file, and
+        TRUNCATE may only shorten it (else 22)."""
+        fields = {APPEND_FILE: 2, MODIFY_FILE: 3, TRUNCATE_FILE: 2}[cmd]
+        if pkg_len < 8 * fields:
+            await self._invalid(writer)
+        numbers = struct.unpack(f"!{fields}q", await reader.readexactly(8 * fields))
+        name_len = numbers[0]
+        size = 0 if cmd == TRUNCATE_FILE else numbers[-1]
+        if not 0 < name_len < 128 or min(numbers) < 0 or pkg_len != 8 * fields + name_len + size:
+            await self._invalid(writer)
+        remote = (await reader.readexactly(name_len)).decode("utf-8", "replace")
+        path = self.path(remote)
+        if path is None or not _is_appender(path.name):
+            await self._invalid(writer)
+        assert path is not None
+        if not path.is_file():
+            await _reply(writer, errno.ENOENT)
+            raise _Close
+        current = path.stat().st_size
+        if cmd == TRUNCATE_FILE:
+            if numbers[1] > current:
+                await self._invalid(writer)
+            os.truncate(path, numbers[1])
+            await _reply(writer, 0)
+            return
+        offset = current if cmd == APPEND_FILE else numbers[1]
+        if offset > current:
+            await self._invalid(writer)
+        with path.open("r+b") as file:
+            file.seek(offset)
+            remaining = size
+            while remaining:
+                chunk = await reader.read(min(CHUNK, remaining))
+                if not chunk:
+                    raise _Close  # the client vanished: what arrived is written, as on a storage
+                file.write(chunk)
+                remaining -= len(chunk)
+        await _reply(writer, 0)
 
     async def _download(self, body: bytes, writer: asyncio.StreamWriter) -> None:
         if len(body) < 16 + GROUP_LEN:
@@ -280,7 +332,8 @@ class Storage(_Server):
                 await _reply(writer, errno.ENOENT)
                 return
             st = path.stat()
-            crc = _crc_from_name(path.name)
+            # Appender files change after their name is chosen: the storage computes their CRC.
+            crc = _crc_of(path) if _is_appender(path.name) else _crc_from_name(path.name)
             signed = crc - (1 << 32) if crc >= 1 << 31 else crc  # a C int, sign-extended
             await _reply(
                 writer,
@@ -319,6 +372,22 @@ def _crc_from_name(name: str) -> int:
     return int(struct.unpack("!I", raw[16:20])[0])
 
 
+def _is_appender(name: str) -> bool:
+    try:
+        raw = base64.b64decode(name[:27] + "=", altchars=b"-_")
+    except ValueError:
+        return False
+    return len(raw) == 20 and bool(struct.unpack("!Q", raw[8:16])[0] & APPENDER_FLAG)
+
+
+def _crc_of(path: Path) -> int:
+    crc = 0
+    with path.open("rb") as file:
+        while chunk := file.read(CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
 def _records(raw: bytes) -> dict[bytes, bytes]:
     if not raw:
         return {}
@@ -328,7 +397,7 @@ def _records(raw: bytes) -> dict[bytes, bytes]:
 
 def _remote_name(ip: str, size: int, crc: int, ext: str, appender: bool) -> str:
     """27 characters of base64 over ip | timestamp | size | crc32, then the formatted ext."""
-    high = 1 << 58 if appender else (random.getrandbits(23) | 0x80000000) << 32
+    high = APPENDER_FLAG if appender else (random.getrandbits(23) | 0x80000000) << 32
     size_field = high if appender else high | size
     raw = struct.pack("!4sIQI", socket.inet_aton(ip), int(time.time()), size_field, crc)
     encoded = base64.b64encode(raw, altchars=b"-_").decode().rstrip("=")

@@ -7,14 +7,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import os
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from app.storage.base import ObjectRef
+from app.storage.budget import Budget
+from app.storage.fastdfs.backend import FastDFSBackend
 from tests.conftest import Storage, s3_admin, serve, settings_for
 from tests.test_files import assert_error
 
@@ -54,8 +59,28 @@ async def patch(
     )
 
 
+def _fastdfs_tus_state(storage: Storage, key: str) -> dict[str, Any] | None:
+    """The state an appender file keeps in its metadata (``FilegateTusState000``…), if any."""
+    assert storage.fastdfs is not None
+    path = storage.fastdfs.storage.path(key)
+    assert path is not None
+    meta = path.with_name(path.name + "-m")
+    if not meta.is_file():
+        return None
+    records = dict(r.split(b"\x02", 1) for r in meta.read_bytes().split(b"\x01"))
+    parts = sorted((k, v) for k, v in records.items() if k.startswith(b"FilegateTusState"))
+    return json.loads(b"".join(v for _, v in parts)) if parts else None
+
+
 async def tus_leftovers(storage: Storage) -> list[str]:
-    """Everything stored for resumable uploads: state, tails and pending multipart uploads."""
+    """Everything stored for resumable uploads: state, tails and pending multipart uploads (on
+    FastDFS: the replica's index entries, and the files that still carry a state)."""
+    if storage.backend == "fastdfs":
+        assert storage.fastdfs is not None
+        index = storage.fastdfs.root.parent / "data" / ".filegate-tus-fastdfs"
+        indexed = sorted(p.name for p in index.iterdir()) if index.exists() else []
+        states = [f"(state) {k}" for k in await storage.keys() if _fastdfs_tus_state(storage, k)]
+        return indexed + states
     if storage.root is not None:
         tus_dir = storage.root / ".filegate-tus"
         return sorted(p.name for p in tus_dir.iterdir()) if tus_dir.exists() else []
@@ -74,7 +99,15 @@ async def download(client: httpx.AsyncClient, file_id: str) -> bytes:
     return response.content
 
 
-@pytest.fixture(params=["local", "s3", "hybrid"])
+async def stored_files(storage: Storage) -> list[str]:
+    """The stored files, without resumable uploads in progress."""
+    keys = [k for k in await storage.keys() if not k.startswith(".filegate-tus/")]
+    if storage.backend == "fastdfs":
+        keys = [k for k in keys if (_fastdfs_tus_state(storage, k) or {"done": True})["done"]]
+    return keys
+
+
+@pytest.fixture(params=["local", "s3", "fastdfs", "hybrid"])
 async def tus_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     from tests.conftest import make_storage
 
@@ -123,8 +156,11 @@ async def test_chunks_of_any_size_make_the_file(tus_storage: Storage) -> None:
                 break
             assert "file-id" not in answer.headers
         file_id = answer.headers["file-id"]
-        assert file_id.startswith(f"{tus_storage.prefix}tus/in/")
-        assert file_id.endswith("_big report.pdf")
+        if tus_storage.backend == "fastdfs":  # FastDFS names the file (no folders)
+            assert file_id.startswith(f"{tus_storage.prefix}M00/") and file_id.endswith(".pdf")
+        else:
+            assert file_id.startswith(f"{tus_storage.prefix}tus/in/")
+            assert file_id.endswith("_big report.pdf")
         assert head.headers["file-id"] == file_id
         assert head.headers["upload-length"] == str(len(data))
         assert await tus_storage.read(file_id) == data
@@ -138,12 +174,14 @@ async def test_chunks_of_any_size_make_the_file(tus_storage: Storage) -> None:
         # a stored entry carries the file's CRC-32 in its local header
         assert int.from_bytes(zipped.content[14:18], "little") == zlib.crc32(data)
         assert zipped.content[8:10] == b"\x00\x00"  # method: stored
-        keys = [k for k in await tus_storage.keys() if not k.startswith(".filegate-tus/")]
-        assert keys == [file_id.removeprefix(tus_storage.prefix)]
+        assert await stored_files(tus_storage) == [file_id.removeprefix(tus_storage.prefix)]
         # what stays until the upload expires: its state alone (HEAD still answers File-Id)
         leftovers = await tus_leftovers(tus_storage)
-        assert len(leftovers) == 1
-        assert leftovers[0].endswith((".info", ".json"))
+        if tus_storage.backend == "fastdfs":  # in the file's metadata, and the sweep's index
+            assert leftovers == [url.rsplit("/", 1)[1], f"(state) {file_id.split('/', 1)[1]}"]
+        else:
+            assert len(leftovers) == 1
+            assert leftovers[0].endswith((".info", ".json"))
 
 
 async def test_small_and_empty_uploads(tus_storage: Storage) -> None:
@@ -286,11 +324,17 @@ async def test_every_upload_rule_applies_at_creation(tus_storage: Storage) -> No
         assert_error(
             await create(client, 10, filename="a.txt", folder="../up"), 400, "invalid_argument"
         )
-        assert_error(
-            await create(client, 10, filename="a.txt", bucket="not-allowed-bucket"),
-            403,
-            "bucket_not_allowed",
-        )
+        elsewhere = await create(client, 10, filename="a.txt", bucket="not-allowed-bucket")
+        if tus_storage.backend == "fastdfs":  # FastDFS chooses the group
+            assert_error(elsewhere, 400, "invalid_argument")
+            long_value = json.dumps({"note": "x" * 300})  # FastDFS keeps 256 bytes a value
+            assert_error(
+                await create(client, 10, filename="a.txt", metadata=long_value),
+                400,
+                "invalid_argument",
+            )
+        else:
+            assert_error(elsewhere, 403, "bucket_not_allowed")
         assert_error(
             await create(client, 10, filename="a.txt", metadata="[1]"), 400, "invalid_argument"
         )
@@ -299,7 +343,7 @@ async def test_every_upload_rule_applies_at_creation(tus_storage: Storage) -> No
         assert_error(over, 413, "file_too_large")
         big = await patch(client, deferred, 0, os.urandom(1_000_001))
         assert_error(big, 413, "file_too_large")
-    assert [k for k in await tus_storage.keys() if not k.startswith(".filegate-tus/")] == []
+    assert await stored_files(tus_storage) == []
 
 
 async def test_termination_leaves_nothing(tus_storage: Storage) -> None:
@@ -344,13 +388,101 @@ async def test_expired_uploads_are_swept(tus_storage: Storage) -> None:
     assert await tus_storage.keys() == [kept.removeprefix(tus_storage.prefix)]
 
 
-async def test_fastdfs_mode_refuses_clearly(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+async def _fastdfs_write(storage: Storage, file_id: str, offset: int, data: bytes) -> None:
+    """What another writer does to an appender file behind filegate's back: MODIFY_FILE."""
+    assert storage.fastdfs is not None
+    backend = FastDFSBackend([storage.fastdfs.tracker_address], 2, 2, Budget(MiB, 1), 10)
+    try:
+        group, _, remote = file_id.partition("/")
+        appender = await backend.appender(ObjectRef(group, remote))
+        await appender.write(offset, memoryview(data))
+    finally:
+        await backend.close()
+
+
+async def test_fastdfs_uploads_are_appender_files(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The upload id names the appender file; an ordinary file is no upload; bytes a crash left
+    beyond the committed offset are written over or cut off; bytes changed under the committed
+    offset are caught when the upload completes, and it starts again from 0."""
+    from tests.conftest import make_storage
+    from tests.test_files import uploaded
+
+    storage = await make_storage("fastdfs", request, tmp_path)
+    data = os.urandom(10 * MiB + 7)
+    async with serve(settings_for(storage)) as client:
+        plain = await uploaded(client, "plain.txt", b"plain")
+        as_upload = base64.urlsafe_b64encode(plain.encode()).decode().rstrip("=")
+        assert (await client.head(f"/files/tus/{as_upload}", headers=TUS)).status_code == 404
+        assert_error(
+            await patch(client, f"/files/tus/{as_upload}", 5, b"x"), 404, "upload_not_found"
+        )
+        assert (await client.head("/files/tus/" + "A" * 40, headers=TUS)).status_code == 404
+
+        url = path_of(await create(client, len(data), filename="clip.mp4"))
+        file_id = base64.urlsafe_b64decode(url.rsplit("/", 1)[1] + "==").decode()
+        assert (await patch(client, url, 0, data[: 3 * MiB])).status_code == 204
+        # a PATCH that wrote and crashed before its commit: garbage beyond the offset
+        await _fastdfs_write(storage, file_id, 3 * MiB, os.urandom(8 * MiB))
+        assert (await client.head(url, headers=TUS)).headers["upload-offset"] == str(3 * MiB)
+        assert (await patch(client, url, 3 * MiB, data[3 * MiB : 9 * MiB])).status_code == 204
+        # a writer that changes acknowledged bytes: caught on completion, the upload restarts
+        await _fastdfs_write(storage, file_id, MiB, b"not what was sent")
+        last = await patch(client, url, 9 * MiB, data[9 * MiB :])
+        assert_error(last, 409, "offset_mismatch")
+        assert (await client.head(url, headers=TUS)).headers["upload-offset"] == "0"
+        done = await patch(client, url, 0, data)
+        assert done.status_code == 204, done.text
+        assert done.headers["file-id"] == file_id
+        assert await storage.read(file_id) == data
+        assert await download(client, file_id) == data
+        info = (await client.get(f"/files/{file_id}/info")).json()
+        assert (info["file_name"], info["content_type"]) == ("clip.mp4", "video/mp4")
+        assert info["metadata"] == {}  # the state records are the upload's, not the file's
+        assert info["crc32"] == f"{zlib.crc32(data):08x}"
+
+
+async def test_a_patch_in_progress_holds_the_upload(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """While one PATCH streams (its body paused midway), a second at the same offset is 423 and
+    changes nothing; the first then completes the file with its own bytes (FastDFS: the lease
+    in the appender's metadata)."""
     from tests.conftest import make_storage
 
     storage = await make_storage("fastdfs", request, tmp_path)
+    data = os.urandom(6 * MiB)
+    resume = asyncio.Event()
+
+    async def paused() -> AsyncIterator[bytes]:
+        yield data[: 5 * MiB]
+        await resume.wait()
+        yield data[5 * MiB :]
+
     async with serve(settings_for(storage)) as client:
-        refused = await create(client, 10)
-        assert_error(refused, 403, "route_not_supported")
+        url = path_of(await create(client, len(data)))
+        first = asyncio.create_task(
+            client.patch(
+                url,
+                content=paused(),
+                headers={**OCTETS, "Upload-Offset": "0", "Content-Length": str(len(data))},
+            )
+        )
+        assert storage.fastdfs is not None
+        for _ in range(500):  # until the first PATCH has written its first piece
+            paths = [storage.fastdfs.storage.path(k) for k in await storage.keys()]
+            if any(p and p.stat().st_size for p in paths):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the first PATCH wrote nothing")
+        second = await patch(client, url, 0, os.urandom(MiB))
+        assert_error(second, 423, "upload_locked")
+        resume.set()
+        answer = await first
+        assert answer.status_code == 204, answer.text
+        assert await download(client, answer.headers["file-id"]) == data
 
 
 async def test_an_upload_belongs_to_its_key(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ SeaweedFS, the FastDFS emulator and the local disk underneath.
 - an upload started on one replica, continued on another and finished on the first;
 - two PATCHes racing at the same offset on two replicas;
 - a PATCH cut off midway (the client vanishes), and a replica killed midway;
-- every mode: local, s3, hybrid (fastdfs mode refuses tus with a clear 403, tests/test_tus.py).
+- every mode: local, s3, fastdfs (appender files, the FastDFS emulator) and hybrid.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ class Replicas:
 def _env(mode: str, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[dict[str, str], str]:
     if mode == "local":
         return {"LOCAL_ROOT": str(tmp_path / "data")}, "local:files/"
+    if mode == "fastdfs":
+        emulator: FastDFS = request.getfixturevalue("fastdfs")
+        env = {"STORAGE_MODE": "fastdfs", "FASTDFS_TRACKER_SERVERS": emulator.tracker_address}
+        return env | {"LOCAL_ROOT": str(tmp_path / "data")}, "group1/"
     seaweed: SeaweedFS = request.getfixturevalue("seaweed")
     bucket = _run(created_bucket(seaweed.endpoint))
     env = seaweed.service_env(bucket)
@@ -61,14 +65,14 @@ def _run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
-@pytest.fixture(params=["local", "s3", "hybrid"])
+@pytest.fixture(params=["local", "s3", "fastdfs", "hybrid"])
 def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Replicas]:
     env, prefix = _env(request.param, request, tmp_path)
     first, second = Service(dict(env)), Service(dict(env))
     first.start(tmp_path)
     second.start(tmp_path)
     try:
-        yield Replicas(first, second, prefix.split(":")[1].rstrip("/"), prefix)
+        yield Replicas(first, second, prefix.split(":")[-1].rstrip("/"), prefix)
     finally:
         first.stop()
         second.stop()
@@ -120,8 +124,11 @@ def test_tuspy_continues_on_any_replica(replicas: Replicas, tmp_path: Path) -> N
     request_cleanup()
     head = _head(url)
     file_id = head.headers["file-id"]
-    assert file_id.startswith(f"{replicas.prefix}clips/")
-    assert file_id.endswith("_large video.mp4")
+    if replicas.prefix == "group1/":  # FastDFS names the file
+        assert file_id.startswith("group1/M00/") and file_id.endswith(".mp4")
+    else:
+        assert file_id.startswith(f"{replicas.prefix}clips/")
+        assert file_id.endswith("_large video.mp4")
     assert _download(replicas.first, file_id) == data
     assert _download(replicas.second, file_id) == data
     info = httpx.get(f"{replicas.second.url}/files/{file_id}/info").json()
@@ -239,11 +246,11 @@ def test_a_patch_cut_off_midway_keeps_a_prefix(replicas: Replicas) -> None:
     assert _download(replicas.first, done.headers["file-id"]) == data
 
 
-@pytest.mark.parametrize("mode", ["local", "s3"])
+@pytest.mark.parametrize("mode", ["local", "s3", "fastdfs"])
 def test_a_replica_killed_midway(mode: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """SIGKILL in the middle of a PATCH: nothing is committed beyond what the state says, a new
-    process resumes the upload (on S3 once the dead PATCH's lock goes stale: BACKEND_TIMEOUT=1
-    makes that 27 s), and the file is byte-identical."""
+    process resumes the upload (on S3 and FastDFS once the dead PATCH's lock goes stale:
+    BACKEND_TIMEOUT=1 makes that 27 s and 15 s), and the file is byte-identical."""
     env, _ = _env(mode, request, tmp_path)
     env["BACKEND_TIMEOUT"] = "1"
     service = Service(env)

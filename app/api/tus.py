@@ -67,7 +67,7 @@ ALLOWED = [
 async def get_tus(request: Request) -> TusService:
     tus: TusService | None = request.state.tus
     if tus is None:
-        raise RouteNotSupported("Resumable uploads are not available in fastdfs mode.")
+        raise RouteNotSupported("Resumable uploads are not available with this storage.")
     return tus
 
 
@@ -85,7 +85,12 @@ async def tus_version(
 
 Versioned = Depends(tus_version)
 UploadId = Annotated[
-    str, Path(description="The upload id from Location.", pattern=r"^[0-9a-f]{32}$")
+    str,
+    Path(
+        description="The upload id from Location (32 hex digits; in fastdfs mode, the appender "
+        "file's id in base64url).",
+        pattern=r"^[0-9A-Za-z_-]{32,256}$",
+    ),
 ]
 CHECKSUM_PATTERN = (
     r"^(sha1 [A-Za-z0-9+/]{27}=|sha256 [A-Za-z0-9+/]{43}=|md5 [A-Za-z0-9+/]{22}==|"

@@ -29,7 +29,7 @@ from aiofdfs.async_connection import AsyncConnectionPool
 from aiofdfs.async_fdfs_protol import Storage_server, Tracker_header
 from aiofdfs.async_tracker_client import Async_Tracker_Client
 
-from app.errors import BackendUnavailable, FileNotFound, InvalidArgument
+from app.errors import BackendUnavailable, FileNotFound, InvalidArgument, StorageError
 from app.settings import Settings
 from app.storage.base import ByteRange, Chunk, NewObject, ObjectInfo, ObjectRef
 from app.storage.budget import Budget
@@ -42,7 +42,9 @@ ACTIVE_TEST = 111
 NAME_KEY = "OriginFileName"
 """aiofdfs's own key for the original name, so files uploaded by earlier clients show theirs."""
 TYPE_KEY = "ContentType"
-_INTERNAL_KEYS = ("Origin", TYPE_KEY)
+TUS_KEY = "FilegateTus"
+"""Prefix of the records a resumable upload keeps its state in (``app.storage.tus.fastdfs``)."""
+_INTERNAL_KEYS = ("Origin", TYPE_KEY, TUS_KEY)
 MAX_META_NAME = 64
 MAX_META_VALUE = 256
 SPOOL_CHUNK = 1024 * 1024
@@ -81,6 +83,11 @@ def _ext(name: str) -> str:
     """FastDFS keeps up to 6 characters of ``[A-Za-z0-9._-]`` as the stored file's extension."""
     ext = extension(name)
     return ext if _FDFS_EXT.fullmatch(ext) else ""
+
+
+def records_for(obj: NewObject) -> dict[str, str]:
+    """The metadata records of a new file (``InvalidArgument`` for what FastDFS cannot keep)."""
+    return _metadata(obj)
 
 
 def _metadata(obj: NewObject) -> dict[str, str]:
@@ -321,3 +328,91 @@ class FastDFSBackend:
                     await self._step("storage", storage.storage_delete_file(server, ref.key))
                 except FileNotFound:
                     return
+
+    async def create_appender(self, obj: NewObject, records: dict[str, str]) -> Appender:
+        """An empty appender file with ``records`` as its metadata (docs/tus.md, "FastDFS")."""
+        async with self._within_deadline():
+            server = await self._step(
+                "tracker", self._tracker.tracker_query_storage_stor_without_group()
+            )
+            async with self._storage(server) as storage:
+                answer = await self._step(
+                    "storage",
+                    storage.storage_upload_appender_by_buffer(
+                        None, server, b"", meta_dict=records, file_ext_name=_ext(obj.file_name)
+                    ),
+                )
+        group, _, remote = str(answer["file_id"]).partition("/")
+        return Appender(self, ObjectRef(group, remote), server)
+
+    async def appender(self, ref: ObjectRef) -> Appender:
+        """The appender file ``ref``, on the storage server the tracker names for changes."""
+        async with self._within_deadline():
+            return Appender(self, ref, await self._locate(ref, update=True))
+
+
+class Appender:
+    """What a resumable upload does with its appender file, each step under the backend's
+    deadline. aiofdfs's high-level calls for these are broken (docs/fastdfs.md); its storage
+    protocol calls work when given the remote file name as bytes."""
+
+    def __init__(self, backend: FastDFSBackend, ref: ObjectRef, server: Storage_server) -> None:
+        self._backend = backend
+        self.ref = ref
+        self._server = server
+        self._remote = ref.key.encode()
+
+    @asynccontextmanager
+    async def _storage(self) -> AsyncIterator[StorageClient]:
+        async with self._backend._within_deadline(), self._backend._storage(self._server) as s:
+            yield s
+
+    async def records(self) -> dict[str, str]:
+        """Its metadata; ``{}`` when it has none or does not exist (FastDFS answers both alike)."""
+        async with self._storage() as storage:
+            found: dict[str, str] = await self._backend._step(
+                "storage",
+                storage.storage_get_metadata(None, self._server, self.ref.key),
+            )
+        return found
+
+    async def set_records(self, records: dict[str, str], *, merge: bool = False) -> None:
+        """Replace its metadata with ``records`` (or merge them in); ``FileNotFound``."""
+        async with self._storage() as storage:
+            status = await self._backend._step(
+                "storage",
+                storage.storage_set_metadata(
+                    self._server, self._remote, records, "M" if merge else "O"
+                ),
+            )
+        if status == 2:
+            raise FileNotFound("No such file.")
+        if status:
+            raise StorageError(f"FastDFS refused the metadata (errno {status}).", backend="fastdfs")
+
+    async def write(self, offset: int, data: memoryview) -> None:
+        """Write ``data`` at ``offset`` (at most the current size): MODIFY_FILE."""
+        async with self._storage() as storage:
+            await self._backend._step(
+                "storage",
+                storage.storage_modify_by_buffer(
+                    None, self._server, data, offset, len(data), self._remote
+                ),
+            )
+
+    async def truncate(self, size: int) -> None:
+        async with self._storage() as storage:
+            await self._backend._step(
+                "storage", storage.storage_truncate_file(None, self._server, size, self._remote)
+            )
+
+    async def size_and_crc32(self) -> tuple[int, int]:
+        """As the storage has it; for an appender file it computes the CRC-32 from the bytes."""
+        async with self._storage() as storage:
+            found: dict[str, Any] = await self._backend._step(
+                "storage", storage.storage_query_file_info(self._server, self.ref.key)
+            )
+        return int(found["file_size"]), int(found["crc32"]) & 0xFFFFFFFF
+
+    async def delete(self) -> None:
+        await self._backend.delete(self.ref)

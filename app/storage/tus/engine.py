@@ -156,10 +156,15 @@ def keeps_partial(body: Body, failure: BaseException) -> bool:
 
 
 class TusStore(Protocol):
-    """Where one backend keeps uploads' state and bytes (``app.storage.tus.s3``, ``.local``)."""
+    """Where one backend keeps uploads' state and bytes (``app.storage.tus.s3``, ``.local``,
+    ``.fastdfs``)."""
+
+    def check_id(self, upload_id: str) -> str:
+        """``upload_id`` if it is one this store could have given, else ``UploadNotFound``."""
 
     async def create(self, state: TusState) -> None:
-        """Store a new upload's state (it has no bytes yet)."""
+        """Store a new upload's state (it has no bytes yet). A store whose backend names files
+        itself (FastDFS) sets ``state.id`` and ``state.file_id`` here."""
 
     async def load(self, upload_id: str) -> TusState:
         """The upload's state; ``UploadNotFound`` if there is none."""
@@ -232,7 +237,7 @@ class TusService:
 
     async def status(self, principal: Principal, upload_id: str) -> TusState:
         """The upload's state, if it is the caller's and has not expired."""
-        state = await self.store.load(_checked_id(upload_id))
+        state = await self.store.load(self.store.check_id(upload_id))
         if state.owner != principal.name:
             raise Forbidden("This upload belongs to another key.")
         principal.check("write", parse_file_id(state.file_id))
@@ -386,8 +391,9 @@ def _json_object(raw: str | None) -> dict[str, object]:
     return value
 
 
-def _checked_id(upload_id: str) -> str:
-    """Ids are 32 lowercase hex digits; anything else cannot name a store object."""
+def hex_id(upload_id: str) -> str:
+    """The ids S3 and the local disk give: 32 lowercase hex digits; anything else cannot name a
+    store object."""
     if len(upload_id) != 32 or any(c not in "0123456789abcdef" for c in upload_id):
         raise UploadNotFound("No such upload.")
     return upload_id

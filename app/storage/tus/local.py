@@ -27,7 +27,7 @@ import anyio.to_thread
 from app.errors import OffsetMismatch, UploadLocked, UploadNotFound
 from app.storage.base import Chunk
 from app.storage.local import LocalBackend, fsync_dir, write_atomically
-from app.storage.tus.engine import Body, TusState, keeps_partial
+from app.storage.tus.engine import Body, TusState, hex_id, keeps_partial
 
 TUS_DIR = ".filegate-tus"
 WRITE_BATCH = 1024 * 1024
@@ -38,6 +38,8 @@ async def _run[T](func: Callable[..., T], *args: Any) -> T:
 
 
 class LocalTusStore:
+    check_id = staticmethod(hex_id)
+
     def __init__(self, backend: LocalBackend) -> None:
         self._backend = backend
         self._dir = os.path.join(backend.root, TUS_DIR)

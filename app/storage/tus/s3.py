@@ -47,7 +47,7 @@ from app.storage.base import ObjectRef
 from app.storage.ids import RESERVED_FOLDER
 from app.storage.s3.backend import MAX_PARTS, MiB, S3Backend
 from app.storage.s3.errors import error_code, translate_errors
-from app.storage.tus.engine import Body, TusState, keeps_partial
+from app.storage.tus.engine import Body, TusState, hex_id, keeps_partial
 
 log = logging.getLogger(__name__)
 PREFIX = f"{RESERVED_FOLDER}/"
@@ -60,6 +60,8 @@ class Lost(OffsetMismatch):
 
 
 class S3TusStore:
+    check_id = staticmethod(hex_id)
+
     def __init__(self, backend: S3Backend, bucket: str) -> None:
         self._backend = backend
         self._s3 = backend.write_client
