@@ -1,6 +1,7 @@
 """Where filegate relies on a dependency's internals, a change to them fails here first.
 
-uvicorn's HTTP protocol is extended by app/server.py (a head timeout and a connection cap), and
+uvicorn's HTTP protocol is extended by app/server.py (a head timeout and a connection cap),
+aiohttp's ``SKIP_WRITELINES`` is cleared under uvloop (app/storage/s3/client.py), and
 aiofdfs is used below its public client (docs/fastdfs.md, "How filegate uses aiofdfs"): our
 connections subclass its ``AsyncConnection`` and stand in for its pool, and its protocol methods
 run over them. Those internals are not a promise, so aiofdfs is pinned to one exact version in
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-PINNED = {"aiofdfs": "0.1.30", "uvicorn": "0.54.0"}
+PINNED = {"aiofdfs": "0.1.30", "uvicorn": "0.54.0", "aiohttp": "3.14.5"}
 RELIED_ON = {
     "aiofdfs.async_connection:AsyncConnection.__init__": "0ae67dca42832a5f",
     "aiofdfs.async_connection:AsyncConnection.connect": "d1a55a1fc5b7fa13",
@@ -48,6 +49,8 @@ RELIED_ON = {
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_message_begin": "96d377fdc7c2baef",
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_headers_complete": "1ea8589acfad92d8",
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.connection_lost": "c91a4c9bf2e29c55",
+    # app/storage/s3/client.py: SKIP_WRITELINES decides here whether head and body are joined.
+    "aiohttp.http_writer:StreamWriter._writelines": "7269c41caab2c306",
 }
 
 
@@ -82,3 +85,10 @@ def test_the_image_installs_exactly_what_ci_tested() -> None:
         name, _, pinned = line.partition("==")
         assert pinned, line
         assert version(name) == pinned, (name, version(name), pinned)
+
+
+def test_aiohttp_still_decides_by_skip_writelines() -> None:
+    from aiohttp import http_writer
+
+    assert isinstance(http_writer.SKIP_WRITELINES, bool)
+    assert "SKIP_WRITELINES" in inspect.getsource(http_writer.StreamWriter._writelines)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import os
+import re
+import socket
+import threading
 import zipfile
+from urllib.parse import urlsplit
 
 import httpx
 from asgi_lifespan import LifespanManager
@@ -155,3 +161,107 @@ async def test_s3_outage_is_503_and_the_service_recovers(private_seaweed: Seawee
             recovered = await client.get(f"/files/{file_id}/download")
             assert recovered.status_code == 200
             assert recovered.content == data
+
+
+class FaultyS3:
+    """An HTTP relay on loopback in front of SeaweedFS that answers ``503 SlowDown`` (and closes
+    the connection) instead of forwarding the first ``failures`` requests whose request line
+    contains ``marker``; it records every request line it sees."""
+
+    def __init__(self, endpoint: str, marker: bytes, failures: int) -> None:
+        self._upstream = urlsplit(endpoint)
+        self._marker = marker
+        self._failures = failures
+        self.seen: list[bytes] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        host, port = self._upstream.hostname, self._upstream.port
+        with client, socket.create_connection((host, port)) as server:
+            threading.Thread(target=_pump, args=(server, client), daemon=True).start()
+            reader = client.makefile("rb")
+            while head := _read_head(reader):
+                line = head.split(b"\r\n", 1)[0]
+                self.seen.append(line)
+                length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)[1])  # type: ignore[index]
+                if self._marker in line and self._failures > 0:
+                    self._failures -= 1
+                    reader.read(length)
+                    error = b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"
+                    client.sendall(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
+                        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(error), error)
+                    )
+                    return
+                server.sendall(head + reader.read(length))
+
+
+def _read_head(reader: io.BufferedReader) -> bytes:
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = reader.readline()
+        if not line:
+            return b""
+        head += line
+    return head
+
+
+def _pump(source: socket.socket, target: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(1 << 16):
+            target.sendall(data)
+    with contextlib.suppress(OSError):
+        target.shutdown(socket.SHUT_WR)
+
+
+async def test_a_part_s3_refuses_once_is_sent_again(seaweed: SeaweedFS, bucket: str) -> None:
+    """Parts go out as memoryviews, which botocore cannot rewind for its retry: the backend
+    makes the retry itself (docs/performance.md). S3 refuses the second part once with a 503;
+    the upload still succeeds, byte-identical, with that part sent twice. Refused every time,
+    the upload is a 503 that leaves no object and no pending multipart upload."""
+    data = os.urandom(20 * 2**20 + 3)  # three 8 MiB parts
+    relay = FaultyS3(seaweed.endpoint, b"&partNumber=2 ", failures=1)
+    try:
+        async with serve(s3_settings(relay.endpoint, bucket)) as client:
+            answer = await client.put("/files/upload/retried.bin", content=data)
+            assert answer.status_code == 201, answer.text
+            key = answer.json()["file_id"].removeprefix(f"s3:{bucket}/")
+        assert sum(b"&partNumber=2 " in line for line in relay.seen) == 2
+        async with s3_admin(seaweed.endpoint) as s3:
+            stored = await s3.get_object(Bucket=bucket, Key=key)
+            async with stored["Body"] as body:
+                assert await body.read() == data
+            await s3.delete_object(Bucket=bucket, Key=key)
+    finally:
+        relay.close()
+    relay = FaultyS3(seaweed.endpoint, b"&partNumber=2 ", failures=10)
+    try:
+        async with serve(s3_settings(relay.endpoint, bucket)) as client:
+            refused = await client.put("/files/upload/refused.bin", content=data)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "backend_unavailable"
+            assert sum(b"&partNumber=2 " in line for line in relay.seen) == 3
+            # S3 answered "unavailable": the abort is left to the background clean-up
+            async with s3_admin(seaweed.endpoint) as s3:
+                for _ in range(100):
+                    pending = await s3.list_multipart_uploads(Bucket=bucket)
+                    if not pending.get("Uploads"):
+                        break
+                    await asyncio.sleep(0.1)
+                assert pending.get("Uploads", []) == []
+                assert (await s3.list_objects_v2(Bucket=bucket)).get("Contents", []) == []
+    finally:
+        relay.close()

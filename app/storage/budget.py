@@ -102,9 +102,9 @@ class Held:
 class BufferPool:
     """Reusable buffers of one size, each counted against the budget while it is taken.
 
-    A buffer counts ``copies`` times its size: the S3 client joins a part with its request head
-    before it writes it (aiohttp), so a part being sent is in memory twice (docs/performance.md,
-    "Memory")."""
+    A buffer counts ``copies`` times its size: where aiohttp joins a part with its request head
+    before it writes it (not under uvloop), a part being sent is in memory twice
+    (docs/performance.md, "Memory")."""
 
     def __init__(self, budget: Budget, size: int, copies: int = 1) -> None:
         self.budget = budget

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, UnseekableStreamError
 
 from app.errors import BackendUnavailable, FilegateError, FileTooLarge
 from app.settings import Settings, reveal
@@ -46,7 +46,12 @@ from app.storage.base import (
 from app.storage.budget import Budget, BufferPool, Held
 from app.storage.ids import RESERVED_FOLDER
 from app.storage.s3 import metadata
-from app.storage.s3.client import botocore_session, open_clients
+from app.storage.s3.client import (
+    MAX_ATTEMPTS,
+    botocore_session,
+    open_clients,
+    parts_are_copied,
+)
 from app.storage.s3.errors import (
     UNREACHABLE,
     S3Refusal,
@@ -114,7 +119,7 @@ async def open_s3_backend(settings: Settings, stack: AsyncExitStack, budget: Bud
         write,
         read,
         objects,
-        BufferPool(budget, PART_SIZE, copies=2),
+        BufferPool(budget, PART_SIZE, copies=2 if parts_are_copied() else 1),
         probe_bucket=settings.s3_default_bucket,
         multipart_checksums=settings.s3_multipart_checksum == "crc32",
         timeout=settings.backend_timeout,
@@ -288,21 +293,39 @@ class S3Backend:
         return upload_id
 
     async def send_part(
-        self, ref: ObjectRef, upload_id: str, number: int, body: bytes | bytearray, crc: int
+        self,
+        ref: ObjectRef,
+        upload_id: str,
+        number: int,
+        body: bytes | bytearray | memoryview,
+        crc: int,
     ) -> dict[str, Any]:
-        """Upload one part; what ``complete`` needs of it."""
+        """Upload one part; what ``complete`` needs of it.
+
+        The part goes out as a ``memoryview``, so aiohttp sends the buffer itself instead of a
+        copy (docs/performance.md, "Upload parts without a copy"). botocore cannot rewind a
+        memoryview to retry; when it would, it raises ``UnseekableStreamError`` after its retry
+        delay, and the part is sent again here, as often as botocore would have."""
         checksum = {"ChecksumCRC32": _b64crc(crc)} if self._checksums else {}
         # a part takes longer on a slow link: the deadline allows 1 MiB/s on top
         async with self.bounded(len(body) / MiB):
             with translate_errors(writing=True):
-                answer = await self._write.upload_part(
-                    Bucket=ref.bucket,
-                    Key=ref.key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=body,
-                    **checksum,  # type: ignore[arg-type]
-                )
+                for attempt in range(1, MAX_ATTEMPTS + 1):
+                    try:
+                        answer = await self._write.upload_part(
+                            Bucket=ref.bucket,
+                            Key=ref.key,
+                            UploadId=upload_id,
+                            PartNumber=number,
+                            Body=memoryview(body),
+                            **checksum,  # type: ignore[arg-type]
+                        )
+                        break
+                    except UnseekableStreamError as exc:  # botocore's retry is ours to make
+                        if attempt == MAX_ATTEMPTS:
+                            raise BackendUnavailable(
+                                "S3 failed this part every time; try again later.", backend="s3"
+                            ) from exc
         return {"PartNumber": number, "ETag": answer["ETag"], **checksum}
 
     async def complete(
@@ -694,11 +717,9 @@ class _Part:
         return memoryview(self.buffer)[: self.length]
 
     @property
-    def body(self) -> bytearray | bytes:
-        """What botocore sends: the pooled buffer itself when the part fills it (no copy), else
-        a copy of the part (an upload's last part). Not a memoryview: botocore rewinds a body
-        to retry a request, and knows a ``bytearray`` or ``bytes`` needs no rewinding."""
-        return self.buffer if self.length == len(self.buffer) else bytes(self.view)
+    def body(self) -> memoryview:
+        """What is sent: the part in its pooled buffer, not a copy (``S3Backend.send_part``)."""
+        return self.view
 
 
 class _Parts:

@@ -1,11 +1,13 @@
 """Opening the S3 clients for the life of the process: one write pair, one optional read pair.
 
-Only aioboto3's and botocore's public API: the botocore session is created here and handed to
-aioboto3, so its parser factory can be given a faster timestamp parser.
+aioboto3's and botocore's public API: the botocore session is created here and handed to
+aioboto3, so its parser factory can be given a faster timestamp parser. One aiohttp internal,
+under uvloop: ``_write_head_and_body_apart``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -13,8 +15,10 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import aioboto3
+import uvloop
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
+from aiohttp import http_writer
 from botocore.utils import parse_timestamp
 
 from app.settings import Settings, reveal
@@ -23,6 +27,10 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 else:
     S3Client = Any
+
+
+MAX_ATTEMPTS = 3
+"""Tries of one S3 request (botocore's standard retry mode; upload parts: ``send_part``)."""
 
 
 def _config(settings: Settings) -> AioConfig:
@@ -36,7 +44,7 @@ def _config(settings: Settings) -> AioConfig:
         signature_version="s3v4",  # presigned URLs too (botocore would presign with SigV2)
         connect_timeout=5,
         read_timeout=settings.backend_idle_timeout,  # each read; BACKEND_TIMEOUT bounds a call
-        retries={"mode": "standard", "max_attempts": 3},
+        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
         max_pool_connections=64,
         parameter_validation=False,  # our own calls, always well-formed; saves time per call
         # Third-party S3 servers do not all accept the newer default CRC trailers.
@@ -63,6 +71,25 @@ def botocore_session() -> AioSession:
     return session
 
 
+def _write_head_and_body_apart() -> None:
+    """Under uvloop, let aiohttp hand a request's head and body to the transport as two buffers.
+
+    Otherwise aiohttp joins them into one new ``bytes`` first, on Python before 3.12.9, because
+    CPython's own selector transport had a flaw in ``writelines`` (CVE-2024-12254). uvloop's
+    transport is not that code, and without the join an 8 MiB upload part is not copied once
+    more (docs/performance.md, "Upload parts without a copy"). ``SKIP_WRITELINES`` is aiohttp's
+    internal: aiohttp is pinned, and tests/test_dependencies.py records the code that reads it.
+    """
+    if isinstance(asyncio.get_running_loop(), uvloop.Loop):
+        http_writer.SKIP_WRITELINES = False
+
+
+def parts_are_copied() -> bool:
+    """Whether aiohttp copies an upload part once more to join it with its request head (then
+    a part being sent is in memory twice: ``BufferPool``'s ``copies``)."""
+    return bool(http_writer.SKIP_WRITELINES)
+
+
 async def open_clients(
     settings: Settings, stack: AsyncExitStack, botocore: AioSession
 ) -> tuple[S3Client, S3Client]:
@@ -73,6 +100,7 @@ async def open_clients(
     warnings.filterwarnings(
         "ignore", "Sending a large body directly with raw bytes", ResourceWarning, "aiohttp"
     )
+    _write_head_and_body_apart()
     config = _config(settings)
 
     async def client(key_id: str | None, secret: str | None) -> S3Client:

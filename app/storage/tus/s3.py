@@ -353,9 +353,7 @@ class _Patch:
             return
         parts = self.state.store["parts"]
         if self.filled:
-            part = await backend.send_part(
-                self.ref, multipart, len(parts) + 1, bytes(view), self.crc
-            )
+            part = await backend.send_part(self.ref, multipart, len(parts) + 1, view, self.crc)
             parts.append({**part, "Size": self.filled})
         listed = [{k: v for k, v in p.items() if k != "Size"} for p in parts]
         await backend.complete(self.ref, multipart, listed)
