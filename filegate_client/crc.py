@@ -4,11 +4,17 @@
 appending ``n`` bytes to a CRC register is a linear map over GF(2), a 32-by-32 bit matrix, so the
 CRC of ``A + B`` follows from ``crc32(A)``, ``crc32(B)`` and ``len(B)`` without reading ``A`` or
 ``B`` again. The matrix for a length is built once by repeated squaring and kept.
+
+``crc32`` itself is zlib-ng's, the same function as ``zlib.crc32`` 25 times faster (SIMD).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+
+from zlib_ng.zlib_ng import crc32
+
+__all__ = ["crc32", "crc32_combine"]
 
 _POLYNOMIAL = 0xEDB88320  # CRC-32 (IEEE 802.3), reflected
 Matrix = tuple[int, ...]  # 32 columns, each a 32-bit int

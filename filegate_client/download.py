@@ -19,14 +19,13 @@ import json
 import os
 import re
 import threading
-import zlib
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from filegate_client.api import Api, Failure, failure_of, file_path
-from filegate_client.crc import crc32_combine
+from filegate_client.crc import crc32, crc32_combine
 from filegate_client.progress import Bars
 from filegate_client.workers import Cancel, run_all
 
@@ -127,7 +126,7 @@ def _fetch_all(
     etag: str, checksum: str, checkpoint: Checkpoint, connections: int,
 ) -> dict[int, BlockSum]:  # fmt: skip
     """Fetch ``blocks`` into ``fd``; the checksums of each, taken from the bytes as they were
-    written (hashlib and zlib release the GIL, so the workers hash in parallel). Each attempt
+    written (hashlib and zlib-ng release the GIL, so the workers hash in parallel). Each attempt
     has its own ``Cancel``: one that found the file changed stops, the next starts afresh."""
     url = file_path(file_id, "/download")
     cancel = Cancel()
@@ -181,7 +180,7 @@ class BlockSum:
 
     def update(self, data: bytes) -> None:
         self.length += len(data)
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = crc32(data, self.crc)
         if self._md5 is not None:
             self._md5.update(data)
 

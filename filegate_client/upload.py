@@ -13,7 +13,6 @@ import base64
 import fcntl
 import json
 import os
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from urllib.parse import quote
 import httpx
 
 from filegate_client.api import TUS, Api, Failure, failure_of
+from filegate_client.crc import crc32
 from filegate_client.progress import Bars
 from filegate_client.workers import Cancel, run_all
 
@@ -117,7 +117,7 @@ def _crc32_of(file: BinaryIO, offset: int, size: int) -> str:
     """The ``Upload-Checksum`` of one PATCH (read once more to send: the page cache serves it)."""
     crc = 0
     for piece in _read(file, offset, size):
-        crc = zlib.crc32(piece, crc)
+        crc = crc32(piece, crc)
     return base64.b64encode(crc.to_bytes(4, "big")).decode()
 
 

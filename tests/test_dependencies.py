@@ -1,7 +1,8 @@
 """Where filegate relies on a dependency's internals, a change to them fails here first.
 
 uvicorn's HTTP protocol is extended by app/server.py (a head timeout and a connection cap),
-aiohttp's ``SKIP_WRITELINES`` is cleared under uvloop (app/storage/s3/client.py), and
+aiohttp's ``SKIP_WRITELINES`` is cleared under uvloop (app/storage/s3/client.py), stream-zip's
+``zlib`` is zlib-ng (app/storage/zipwriter.py), and
 aiofdfs is used below its public client (docs/fastdfs.md, "How filegate uses aiofdfs"): our
 connections subclass its ``AsyncConnection`` and stand in for its pool, and its protocol methods
 run over them. Those internals are not a promise, so aiofdfs is pinned to one exact version in
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-PINNED = {"aiofdfs": "0.1.30", "uvicorn": "0.54.0", "aiohttp": "3.14.5"}
+PINNED = {"aiofdfs": "0.1.30", "uvicorn": "0.54.0", "aiohttp": "3.14.5", "stream-zip": "0.0.84"}
 RELIED_ON = {
     "aiofdfs.async_connection:AsyncConnection.__init__": "0ae67dca42832a5f",
     "aiofdfs.async_connection:AsyncConnection.connect": "d1a55a1fc5b7fa13",
@@ -51,6 +52,8 @@ RELIED_ON = {
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.connection_lost": "c91a4c9bf2e29c55",
     # app/storage/s3/client.py: SKIP_WRITELINES decides here whether head and body are joined.
     "aiohttp.http_writer:StreamWriter._writelines": "7269c41caab2c306",
+    # app/storage/zipwriter.py: stream-zip's CRC-32s come from its module's ``zlib``.
+    "stream_zip:stream_zip": "d51c3dc9690adf2f",
 }
 
 
@@ -92,3 +95,13 @@ def test_aiohttp_still_decides_by_skip_writelines() -> None:
 
     assert isinstance(http_writer.SKIP_WRITELINES, bool)
     assert "SKIP_WRITELINES" in inspect.getsource(http_writer.StreamWriter._writelines)
+
+
+def test_stream_zip_computes_its_crcs_with_zlib_ng() -> None:
+    import stream_zip
+    import zlib_ng.zlib_ng
+
+    import app.storage.zipwriter  # noqa: F401 - makes the switch
+
+    assert stream_zip.zlib is zlib_ng.zlib_ng  # type: ignore[attr-defined]
+    assert "zlib.crc32(" in inspect.getsource(stream_zip.stream_zip)

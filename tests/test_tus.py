@@ -423,6 +423,9 @@ async def test_fastdfs_uploads_are_appender_files(
         url = path_of(await create(client, len(data), filename="clip.mp4"))
         file_id = base64.urlsafe_b64decode(url.rsplit("/", 1)[1] + "==").decode()
         assert (await patch(client, url, 0, data[: 3 * MiB])).status_code == 204
+        # not a file until complete, though FastDFS named it at creation
+        assert_error(await client.get(f"/files/{file_id}/info"), 404, "file_not_found")
+        assert_error(await client.get(f"/files/{file_id}/download"), 404, "file_not_found")
         # a PATCH that wrote and crashed before its commit: garbage beyond the offset
         await _fastdfs_write(storage, file_id, 3 * MiB, os.urandom(8 * MiB))
         assert (await client.head(url, headers=TUS)).headers["upload-offset"] == str(3 * MiB)

@@ -20,7 +20,6 @@ import json
 import os
 import stat
 import tempfile
-import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +41,7 @@ from app.storage.base import (
     ObjectStream,
 )
 from app.storage.budget import Budget, Held
+from app.storage.crc import crc32
 
 TMP_PREFIX = ".filegate-tmp-"
 META_DIR = ".filegate-meta"
@@ -391,7 +391,7 @@ class _Writer:
         assert self._file is not None
         for chunk in batch:
             self._file.write(chunk)
-            self.crc32 = zlib.crc32(chunk, self.crc32)
+            self.crc32 = crc32(chunk, self.crc32)
 
     def whole(self, batch: list[bytes]) -> ObjectInfo:
         self.begin(batch)

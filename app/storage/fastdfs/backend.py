@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import tempfile
-import zlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
@@ -33,6 +33,7 @@ from app.errors import BackendUnavailable, FileNotFound, InvalidArgument, Storag
 from app.settings import Settings
 from app.storage.base import ByteRange, Chunk, NewObject, ObjectInfo, ObjectRef
 from app.storage.budget import Budget
+from app.storage.crc import crc32
 from app.storage.diskio import write_in_batches
 from app.storage.fastdfs.connection import Pool, StorageClient
 from app.storage.fastdfs.errors import AIOFDFS_ERRORS, Stage, translate
@@ -44,6 +45,7 @@ NAME_KEY = "OriginFileName"
 TYPE_KEY = "ContentType"
 TUS_KEY = "FilegateTus"
 """Prefix of the records a resumable upload keeps its state in (``app.storage.tus.fastdfs``)."""
+TUS_STATE_KEY = f"{TUS_KEY}State"
 _INTERNAL_KEYS = ("Origin", TYPE_KEY, TUS_KEY)
 MAX_META_NAME = 64
 MAX_META_VALUE = 256
@@ -69,7 +71,7 @@ class _BodyReader:
         if not chunk and self._left:
             raise InvalidArgument("The body is shorter than its declared length.")
         self._left -= len(chunk)
-        self.crc32 = zlib.crc32(chunk, self.crc32)
+        self.crc32 = crc32(chunk, self.crc32)
         return chunk
 
 
@@ -102,6 +104,17 @@ def _metadata(obj: NewObject) -> dict[str, str]:
         if any(c in name + value for c in "\x00\x01\x02"):
             raise InvalidArgument(f"Metadata {name!r} holds a byte FastDFS uses as a separator.")
     return records
+
+
+def _unfinished_upload(records: dict[str, str]) -> bool:
+    """An appender file a resumable upload is still writing: not a file yet (docs/tus.md)."""
+    parts = sorted((k, v) for k, v in records.items() if k.startswith(TUS_STATE_KEY))
+    if not parts:
+        return False
+    try:
+        return not json.loads("".join(v for _, v in parts)).get("done")
+    except (ValueError, AttributeError):
+        return True
 
 
 class FastDFSStream:
@@ -292,6 +305,8 @@ class FastDFSBackend:
                 records: dict[str, str] = await self._step(
                     "storage", storage.storage_get_metadata(self._tracker, server, ref.key)
                 )
+        if _unfinished_upload(records):
+            raise FileNotFound("No such file (a resumable upload that is not complete).")
         crc = int(found["crc32"]) & 0xFFFFFFFF
         return ObjectInfo(
             ref=ref,

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import zlib
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
@@ -44,6 +43,7 @@ from app.storage.base import (
     ObjectStream,
 )
 from app.storage.budget import Budget, BufferPool, Held
+from app.storage.crc import crc32
 from app.storage.ids import RESERVED_FOLDER
 from app.storage.s3 import metadata
 from app.storage.s3.client import (
@@ -700,7 +700,7 @@ async def _collect(
         await held.take(len(chunk))
         pieces.append(chunk)
         size += len(chunk)
-        crc = zlib.crc32(chunk, crc)
+        crc = crc32(chunk, crc)
     return pieces, crc, False
 
 
@@ -752,7 +752,7 @@ class _Parts:
             taken = min(size - filled, len(view))
             piece = view[:taken]
             buffer[filled : filled + taken] = piece
-            crc = zlib.crc32(piece, crc)
+            crc = crc32(piece, crc)
             filled += taken
             if taken < len(view):
                 self._pending.appendleft(view[taken:])

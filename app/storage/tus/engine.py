@@ -4,7 +4,8 @@ An upload is created with every upload rule checked (``FileService.new_object``:
 bucket, folder, metadata, the key's scope) before anything is stored, and gets the file id it will
 have once complete. Its state (``TusState``) lives in the storage backend, never in a process, so
 any replica continues any upload. A store (``TusStore``) keeps that state and the bytes, and
-serializes PATCHes of one upload by itself: S3 by conditional writes, the local disk by a file lock.
+serializes PATCHes of one upload by itself: S3 by conditional writes, the local disk by a file lock,
+FastDFS by a lease in the appender file's metadata.
 
 Here: the ``Upload-Metadata`` and ``Upload-Checksum`` formats, ownership, offsets, expiry, the
 size bound of a PATCH, and which failures keep the bytes received so far.
@@ -20,7 +21,6 @@ import json
 import logging
 import secrets
 import time
-import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -40,6 +40,7 @@ from app.errors import (
     UploadNotFound,
 )
 from app.storage.base import Chunk, NewObject, ObjectRef
+from app.storage.crc import crc32
 from app.storage.ids import FileId, parse_file_id
 from app.storage.service import FileService, UploadRequest
 
@@ -358,7 +359,7 @@ class _Crc32:
         self._value = 0
 
     def update(self, data: Chunk) -> None:
-        self._value = zlib.crc32(data, self._value)
+        self._value = crc32(data, self._value)
 
     def digest(self) -> bytes:
         return self._value.to_bytes(4, "big")

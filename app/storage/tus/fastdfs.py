@@ -30,7 +30,6 @@ import json
 import os
 import secrets
 import time
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
@@ -47,7 +46,14 @@ from app.errors import (
     UploadNotFound,
 )
 from app.storage.base import NewObject, ObjectRef
-from app.storage.fastdfs.backend import TUS_KEY, Appender, FastDFSBackend, records_for
+from app.storage.crc import crc32
+from app.storage.fastdfs.backend import (
+    TUS_KEY,
+    TUS_STATE_KEY,
+    Appender,
+    FastDFSBackend,
+    records_for,
+)
 from app.storage.ids import parse_file_id
 from app.storage.tus.engine import Body, TusState, keeps_partial
 
@@ -55,7 +61,6 @@ MiB = 1024 * 1024
 PIECE = 4 * MiB
 """Bytes per MODIFY_FILE: a cut PATCH keeps what reached the storage in whole pieces, and the one
 being filled is written before the commit."""
-STATE_KEY = f"{TUS_KEY}State"
 LOCK_KEY = f"{TUS_KEY}Lock"
 VALUE = 256
 """FastDFS keeps metadata values up to 256 bytes."""
@@ -81,14 +86,14 @@ def file_id_of(upload_id: str) -> str:
 def _state_records(state: TusState) -> dict[str, str]:
     raw = json.dumps(asdict(state), ensure_ascii=True, separators=(",", ":"))
     return {
-        f"{STATE_KEY}{n:03d}": raw[start : start + VALUE]
+        f"{TUS_STATE_KEY}{n:03d}": raw[start : start + VALUE]
         for n, start in enumerate(range(0, len(raw), VALUE))
     }
 
 
 def _split(records: dict[str, str]) -> tuple[TusState | None, dict[str, str], str | None]:
     """The state, the file's own records, and the lease, from an appender's metadata."""
-    parts = sorted((k, v) for k, v in records.items() if k.startswith(STATE_KEY))
+    parts = sorted((k, v) for k, v in records.items() if k.startswith(TUS_STATE_KEY))
     own = {k: v for k, v in records.items() if not k.startswith(TUS_KEY)}
     state = TusState(**json.loads("".join(v for _, v in parts))) if parts else None
     return state, own, records.get(LOCK_KEY)
@@ -166,13 +171,13 @@ class FastDFSTusStore:
 
     async def append(self, state: TusState, body: Body) -> TusState:
         token = secrets.token_hex(8)
-        file, current, own = await self._claim(state, token)
-        current.length, current.expires = state.length, state.expires
-        await self._remember(current.id)
-        patch = _Patch(self, file, current, own, token)
+        await self._remember(state.id)
         budget = self._backend._budget
-        held = await budget.acquire(PIECE)
+        held = await budget.acquire(PIECE)  # before the lease: a busy server holds no lease
         try:
+            file, current, own = await self._claim(state, token)
+            current.length, current.expires = state.length, state.expires
+            patch = _Patch(self, file, current, own, token)
             try:
                 async for chunk in body:
                     await patch.add(chunk)
@@ -272,7 +277,7 @@ class _Patch:
         await self._hold()
         view = memoryview(self.buffer)
         await self.file.write(self.state.offset + self.written, view)
-        self.crc = zlib.crc32(view, self.crc)
+        self.crc = crc32(view, self.crc)
         self.written += len(view)
         self.buffer = bytearray()
 

@@ -17,7 +17,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ import anyio.to_thread
 
 from app.errors import OffsetMismatch, UploadLocked, UploadNotFound
 from app.storage.base import Chunk
+from app.storage.crc import crc32
 from app.storage.local import LocalBackend, fsync_dir, write_atomically
 from app.storage.tus.engine import Body, TusState, hex_id, keeps_partial
 
@@ -188,6 +188,6 @@ class _Appender:
                     if exc.errno == errno.EINTR:
                         continue
                     raise
-                self.crc32 = zlib.crc32(view[:done], self.crc32)
+                self.crc32 = crc32(view[:done], self.crc32)
                 self.written += done
                 view = view[done:]

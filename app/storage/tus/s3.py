@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,6 +43,7 @@ from app.errors import (
     UploadNotFound,
 )
 from app.storage.base import ObjectRef
+from app.storage.crc import crc32
 from app.storage.ids import RESERVED_FOLDER
 from app.storage.s3.backend import MAX_PARTS, MiB, S3Backend
 from app.storage.s3.errors import error_code, translate_errors
@@ -247,7 +247,7 @@ class _Patch:
             raise StorageError("The upload's stored tail is damaged.", backend="s3")
         self.buffer[: len(data)] = data
         self.filled = len(data)
-        self.crc = zlib.crc32(data)
+        self.crc = crc32(data)
 
     async def add(self, chunk: bytes | memoryview, *, verified: bool) -> None:
         view = memoryview(chunk)
@@ -255,7 +255,7 @@ class _Patch:
             room = len(self.buffer) - self.filled
             piece = view[:room]
             self.buffer[self.filled : self.filled + len(piece)] = piece
-            self.crc = zlib.crc32(piece, self.crc)
+            self.crc = crc32(piece, self.crc)
             self.filled += len(piece)
             self.taken += len(piece)
             view = view[len(piece) :]
