@@ -192,6 +192,11 @@ class FastDFSBackend:
         """``BACKEND_TIMEOUT``: seconds for one whole control operation (tracker query plus
         storage exchange); body streams are bounded per read by ``network_timeout``."""
 
+    @property
+    def budget(self) -> Budget:
+        """``UPLOAD_MEMORY``: resumable uploads take their piece buffers from it too."""
+        return self._budget
+
     async def close(self) -> None:
         await self._pool.close_all()
 

@@ -172,7 +172,7 @@ class FastDFSTusStore:
     async def append(self, state: TusState, body: Body) -> TusState:
         token = secrets.token_hex(8)
         await self._remember(state.id)
-        budget = self._backend._budget
+        budget = self._backend.budget
         held = await budget.acquire(PIECE)  # before the lease: a busy server holds no lease
         try:
             file, current, own = await self._claim(state, token)
