@@ -88,11 +88,6 @@ def _ext(name: str) -> str:
 
 
 def records_for(obj: NewObject) -> dict[str, str]:
-    """The metadata records of a new file (``InvalidArgument`` for what FastDFS cannot keep)."""
-    return _metadata(obj)
-
-
-def _metadata(obj: NewObject) -> dict[str, str]:
     """The records stored with the file; refuses what FastDFS would store corrupted."""
     records = {NAME_KEY: obj.file_name, TYPE_KEY: obj.content_type, **obj.metadata}
     for name, value in records.items():
@@ -106,15 +101,35 @@ def _metadata(obj: NewObject) -> dict[str, str]:
     return records
 
 
-def _unfinished_upload(records: dict[str, str]) -> bool:
-    """An appender file a resumable upload is still writing: not a file yet (docs/tus.md)."""
+def upload_state_records(state: dict[str, Any]) -> dict[str, str]:
+    """A resumable upload's state as metadata records: its JSON (ASCII) cut into values FastDFS
+    keeps whole (``FilegateTusState000``, ``…001``, …; docs/tus.md, "FastDFS")."""
+    raw = json.dumps(state, ensure_ascii=True, separators=(",", ":"))
+    return {
+        f"{TUS_STATE_KEY}{n:03d}": raw[start : start + MAX_META_VALUE]
+        for n, start in enumerate(range(0, len(raw), MAX_META_VALUE))
+    }
+
+
+def upload_state(records: dict[str, str]) -> dict[str, Any] | None:
+    """The state ``upload_state_records`` stored, if the file carries one (``ValueError`` if it
+    is damaged)."""
     parts = sorted((k, v) for k, v in records.items() if k.startswith(TUS_STATE_KEY))
     if not parts:
-        return False
+        return None
+    state = json.loads("".join(v for _, v in parts))
+    if not isinstance(state, dict):
+        raise ValueError("not a resumable upload's state")
+    return state
+
+
+def _unfinished_upload(records: dict[str, str]) -> bool:
+    """An appender file a resumable upload is still writing: not a file yet (docs/tus.md)."""
     try:
-        return not json.loads("".join(v for _, v in parts)).get("done")
-    except (ValueError, AttributeError):
+        state = upload_state(records)
+    except ValueError:
         return True
+    return state is not None and not state.get("done")
 
 
 class FastDFSStream:
@@ -260,7 +275,7 @@ class FastDFSBackend:
                 )
 
     async def put(self, obj: NewObject, body: AsyncIterable[Chunk]) -> ObjectInfo:
-        records = _metadata(obj)
+        records = records_for(obj)
         if obj.size is not None:
             return await self._upload(obj, records, aiter(body), obj.size)
         with tempfile.TemporaryFile(prefix="filegate-spool-") as spool:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import json
 import os
 import secrets
 import time
@@ -49,10 +48,11 @@ from app.storage.base import NewObject, ObjectRef
 from app.storage.crc import crc32
 from app.storage.fastdfs.backend import (
     TUS_KEY,
-    TUS_STATE_KEY,
     Appender,
     FastDFSBackend,
     records_for,
+    upload_state,
+    upload_state_records,
 )
 from app.storage.ids import parse_file_id
 from app.storage.tus.engine import Body, TusState, keeps_partial
@@ -62,8 +62,6 @@ PIECE = 4 * MiB
 """Bytes per MODIFY_FILE: a cut PATCH keeps what reached the storage in whole pieces, and the one
 being filled is written before the commit."""
 LOCK_KEY = f"{TUS_KEY}Lock"
-VALUE = 256
-"""FastDFS keeps metadata values up to 256 bytes."""
 INDEX_DIR = ".filegate-tus-fastdfs"
 
 
@@ -84,19 +82,14 @@ def file_id_of(upload_id: str) -> str:
 
 
 def _state_records(state: TusState) -> dict[str, str]:
-    raw = json.dumps(asdict(state), ensure_ascii=True, separators=(",", ":"))
-    return {
-        f"{TUS_STATE_KEY}{n:03d}": raw[start : start + VALUE]
-        for n, start in enumerate(range(0, len(raw), VALUE))
-    }
+    return upload_state_records(asdict(state))
 
 
 def _split(records: dict[str, str]) -> tuple[TusState | None, dict[str, str], str | None]:
     """The state, the file's own records, and the lease, from an appender's metadata."""
-    parts = sorted((k, v) for k, v in records.items() if k.startswith(TUS_STATE_KEY))
+    found = upload_state(records)
     own = {k: v for k, v in records.items() if not k.startswith(TUS_KEY)}
-    state = TusState(**json.loads("".join(v for _, v in parts))) if parts else None
-    return state, own, records.get(LOCK_KEY)
+    return (None if found is None else TusState(**found)), own, records.get(LOCK_KEY)
 
 
 class FastDFSTusStore:
