@@ -105,3 +105,39 @@ def test_stream_zip_computes_its_crcs_with_zlib_ng() -> None:
 
     assert stream_zip.zlib is zlib_ng.zlib_ng  # type: ignore[attr-defined]
     assert "zlib.crc32(" in inspect.getsource(stream_zip.stream_zip)
+
+
+def test_head_and_body_go_apart_only_under_uvloop() -> None:
+    """Opening the S3 clients clears aiohttp's ``SKIP_WRITELINES`` under uvloop, where the
+    transport is uvloop's, and leaves it alone on asyncio's own loop; upload parts then count
+    once against the upload memory (app/storage/s3/client.py)."""
+    import asyncio
+    from contextlib import AsyncExitStack
+
+    import uvloop
+    from aiohttp import http_writer
+
+    from app.settings import Settings
+    from app.storage.s3.client import botocore_session, open_clients, parts_are_copied
+
+    settings = Settings(
+        _env_file=None,
+        storage_mode="s3",
+        s3_endpoint="http://127.0.0.1:9",
+        s3_access_key_id="key",
+        s3_secret_access_key="secret",
+        s3_default_bucket="files",
+    )
+
+    async def opened() -> bool:
+        async with AsyncExitStack() as stack:
+            await open_clients(settings, stack, botocore_session())
+        return parts_are_copied()
+
+    before = http_writer.SKIP_WRITELINES
+    try:
+        http_writer.SKIP_WRITELINES = True
+        assert asyncio.run(opened()) is True
+        assert uvloop.run(opened()) is False
+    finally:
+        http_writer.SKIP_WRITELINES = before

@@ -426,6 +426,9 @@ async def test_fastdfs_uploads_are_appender_files(
         # not a file until complete, though FastDFS named it at creation
         assert_error(await client.get(f"/files/{file_id}/info"), 404, "file_not_found")
         assert_error(await client.get(f"/files/{file_id}/download"), 404, "file_not_found")
+        zipped = await client.post("/files/download-zip", json=[{"file_id": file_id}])
+        assert_error(zipped, 404, "file_not_found")
+        assert_error(await client.post(f"/files/{file_id}/copy", json={}), 404, "file_not_found")
         # a PATCH that wrote and crashed before its commit: garbage beyond the offset
         await _fastdfs_write(storage, file_id, 3 * MiB, os.urandom(8 * MiB))
         assert (await client.head(url, headers=TUS)).headers["upload-offset"] == str(3 * MiB)
