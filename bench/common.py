@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from tests.servers import HOST, free_ports
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -77,3 +83,29 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
     return total / 1024
+
+
+@contextmanager
+def fastdfs_emulator(directory: Path) -> Iterator[str]:
+    """The FastDFS emulator (tests/fdfs_emulator.py) in a process of its own, so it shares no GIL
+    with filegate or the clients; yields the tracker's address once it accepts connections."""
+    tracker_port, storage_port = free_ports(2)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fdfs_emulator", "--dir", str(directory),
+         "--tracker-port", str(tracker_port), "--storage-port", str(storage_port)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection((HOST, tracker_port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the FastDFS emulator did not start") from None
+                time.sleep(0.1)
+        yield f"{HOST}:{tracker_port}"
+    finally:
+        process.terminate()
+        process.wait()

@@ -52,12 +52,13 @@ from bench.common import (
     TransferFailed,
     cpu_seconds,
     curl,
+    fastdfs_emulator,
     peak_mib,
     random_file,
     reset_peak,
 )
 from bench.peer import Peer
-from tests.servers import ADMIN, HOST, SeaweedFS, Service, free_ports, weed_binary
+from tests.servers import ADMIN, HOST, SeaweedFS, Service, weed_binary
 
 BUCKET = "bench"
 KEY = "bench-key-0123456789abcdef0123"
@@ -382,43 +383,37 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         random_file(work / "big.bin", args.size_mib)
         (work / "small.bin").write_bytes(os.urandom(args.small_kib * 1024))
-        seaweed = SeaweedFS(work / "seaweedfs")
-        seaweed.start()
-        tracker_port, storage_port = free_ports(2)
-        emulator = subprocess.Popen(  # a process of its own: it shares no GIL with the clients
-            [sys.executable, "-m", "tests.fdfs_emulator", "--dir", str(work / "fastdfs"),
-             "--tracker-port", str(tracker_port), "--storage-port", str(storage_port)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        time.sleep(2)
-        bench = Bench(work, args)
-        keys = json.dumps([{"name": "bench", "key": KEY, "scopes": ["read", "write", "delete"]}])
-        common = {"API_KEYS": keys, "LOG_FORMAT": "json"}
-        sides: dict[str, Service | Peer] = {
-            "s3": Service({**seaweed.service_env(BUCKET), **common}),
-            "local": Service({"LOCAL_ROOT": str(work / "data"), **common}),
-            "fastdfs": Service(
-                {
-                    "STORAGE_MODE": "fastdfs",
-                    "FASTDFS_TRACKER_SERVERS": f"{HOST}:{tracker_port}",
-                    **common,
-                }
-            ),
-            "peer": Peer(seaweed.endpoint, ADMIN, BUCKET),
-        }
-        try:
-            seaweed.create_bucket(BUCKET)
-            for side in sides.values():
-                side.start(work)
-            for run in range(args.runs):
-                print(f"run {run + 1}/{args.runs} …", file=sys.stderr, flush=True)
-                run_once(bench, sides, seaweed)
-        finally:
-            for side in sides.values():
-                side.stop()
-            emulator.terminate()
-            emulator.wait()
-            seaweed.stop()
+        with fastdfs_emulator(work / "fastdfs") as tracker:
+            seaweed = SeaweedFS(work / "seaweedfs")
+            seaweed.start()
+            bench = Bench(work, args)
+            keys = json.dumps(
+                [{"name": "bench", "key": KEY, "scopes": ["read", "write", "delete"]}]
+            )
+            common = {"API_KEYS": keys, "LOG_FORMAT": "json"}
+            sides: dict[str, Service | Peer] = {
+                "s3": Service({**seaweed.service_env(BUCKET), **common}),
+                "local": Service({"LOCAL_ROOT": str(work / "data"), **common}),
+                "fastdfs": Service(
+                    {
+                        "STORAGE_MODE": "fastdfs",
+                        "FASTDFS_TRACKER_SERVERS": tracker,
+                        **common,
+                    }
+                ),
+                "peer": Peer(seaweed.endpoint, ADMIN, BUCKET),
+            }
+            try:
+                seaweed.create_bucket(BUCKET)
+                for side in sides.values():
+                    side.start(work)
+                for run in range(args.runs):
+                    print(f"run {run + 1}/{args.runs} …", file=sys.stderr, flush=True)
+                    run_once(bench, sides, seaweed)
+            finally:
+                for side in sides.values():
+                    side.stop()
+                seaweed.stop()
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     report = (

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,8 +23,8 @@ from urllib.parse import quote
 import httpx
 from tusclient import client as tus_client
 
-from bench.common import GiB, MiB, cpu_seconds, curl, peak_mib, random_file
-from tests.servers import SeaweedFS, Service, free_ports
+from bench.common import GiB, MiB, cpu_seconds, curl, fastdfs_emulator, peak_mib, random_file
+from tests.servers import SeaweedFS, Service
 
 BUCKET = "tus-bench"
 TUS = ["-H", "Tus-Resumable: 1.0.0"]
@@ -98,6 +96,14 @@ def measure(
     return size / MiB / seconds, used / (size / GiB), peak
 
 
+def fastdfs_env(tracker: str, work: Path) -> dict[str, str]:
+    return {
+        "STORAGE_MODE": "fastdfs",
+        "FASTDFS_TRACKER_SERVERS": tracker,
+        "LOCAL_ROOT": str(work / "index"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -106,41 +112,31 @@ def main() -> None:
         work = Path(tmp)
         source = random_file(work / "source.bin", args.size_mib)
         digest = hashlib.file_digest(source.open("rb"), "sha256").hexdigest()
-        seaweed = SeaweedFS(work / "seaweedfs")
-        seaweed.start()
-        tracker_port, storage_port = free_ports(2)
-        emulator = subprocess.Popen(
-            [sys.executable, "-m", "tests.fdfs_emulator", "--dir", str(work / "fastdfs"),
-             "--tracker-port", str(tracker_port), "--storage-port", str(storage_port)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        time.sleep(2)
-        fastdfs = {
-            "STORAGE_MODE": "fastdfs",
-            "FASTDFS_TRACKER_SERVERS": f"127.0.0.1:{tracker_port}",
-            "LOCAL_ROOT": str(work / "index"),
-        }
-        try:
-            seaweed.create_bucket(BUCKET)
-            print(f"{args.size_mib} MiB, 1 worker, a fresh filegate per upload\n")
-            print("| mode | upload | MiB/s | CPU-s/GiB | peak RSS MiB |")
-            print("|---|---|---|---|---|")
-            for mode, env in (
-                ("s3", seaweed.service_env(BUCKET)),
-                ("local", {"LOCAL_ROOT": str(work / "data")}),
-                ("fastdfs", fastdfs),
-            ):
-                for label, how in (
-                    ("curl -T (plain)", plain),
-                    ("tus, one PATCH (curl)", one_patch),
-                    ("tus, tuspy 32 MiB chunks", tuspy),
+        with fastdfs_emulator(work / "fastdfs") as tracker:
+            seaweed = SeaweedFS(work / "seaweedfs")
+            seaweed.start()
+            try:
+                seaweed.create_bucket(BUCKET)
+                print(f"{args.size_mib} MiB, 1 worker, a fresh filegate per upload\n")
+                print("| mode | upload | MiB/s | CPU-s/GiB | peak RSS MiB |")
+                print("|---|---|---|---|---|")
+                for mode, env in (
+                    ("s3", seaweed.service_env(BUCKET)),
+                    ("local", {"LOCAL_ROOT": str(work / "data")}),
+                    ("fastdfs", fastdfs_env(tracker, work)),
                 ):
-                    rate, cpu, peak = measure(env, work, source, digest, how)
-                    print(f"| {mode} | {label} | {rate:.0f} | {cpu:.2f} | {peak:.0f} |", flush=True)
-        finally:
-            emulator.terminate()
-            emulator.wait()
-            seaweed.stop()
+                    for label, how in (
+                        ("curl -T (plain)", plain),
+                        ("tus, one PATCH (curl)", one_patch),
+                        ("tus, tuspy 32 MiB chunks", tuspy),
+                    ):
+                        rate, cpu, peak = measure(env, work, source, digest, how)
+                        print(
+                            f"| {mode} | {label} | {rate:.0f} | {cpu:.2f} | {peak:.0f} |",
+                            flush=True,
+                        )
+            finally:
+                seaweed.stop()
 
 
 if __name__ == "__main__":
