@@ -10,7 +10,9 @@ switched on while it runs (``fault`` on either server):
 - both: ``"stall"`` (read the request, never answer), ``"slow"`` (answer after ``delay`` seconds),
   ``"close_mid_header"`` (send half a header, then close);
 - storage: ``"eof_download"`` / ``"eof_metadata"`` (a success header announcing the whole body, part
-  of it, then close, as a storage does when a disk read fails mid-reply);
+  of it, then close, as a storage does when a disk read fails mid-reply); ``"stall_download"``
+  (half the body, then nothing for an hour); ``"trickle_download"`` (the body in 16 KiB writes
+  ``delay`` seconds apart);
 - tracker: ``"no_storage"`` (the tracker is up but no storage is ACTIVE: errno 2);
 - ``stop()`` / ``start()`` for refused connections and recovery.
 
@@ -294,12 +296,23 @@ class Storage(_Server):
             sent = 0
             while sent < count:
                 chunk = file.read(min(CHUNK, count - sent))
-                if self.fault == "eof_download" and sent + len(chunk) >= count // 2:
+                if (
+                    self.fault in ("eof_download", "stall_download")
+                    and sent + len(chunk) >= count // 2
+                ):
                     writer.write(chunk[: max(1, len(chunk) // 2)])
                     await writer.drain()
+                    if self.fault == "stall_download":
+                        await asyncio.sleep(3600)
                     raise _Close  # the header promised more: a disk error after the header
-                writer.write(chunk)
-                await writer.drain()
+                if self.fault == "trickle_download":
+                    for start in range(0, len(chunk), 16 * 1024):
+                        writer.write(chunk[start : start + 16 * 1024])
+                        await writer.drain()
+                        await asyncio.sleep(self.delay)
+                else:
+                    writer.write(chunk)
+                    await writer.drain()
                 sent += len(chunk)
 
     async def _by_name(self, cmd: int, body: bytes, writer: asyncio.StreamWriter) -> None:

@@ -39,10 +39,7 @@ RELIED_ON = {
     "aiofdfs.async_storage_client:Async_Storage_Client.storage_query_file_info": "85504ec921fbe71e",
     "aiofdfs.async_storage_client:Async_Storage_Client.storage_get_metadata": "7af5377ec39b4ecd",
     "aiofdfs.async_storage_client:Async_Storage_Client.storage_delete_file": "cfa25a6444270b54",
-    "aiofdfs.async_storage_client:Async_Storage_Client.storage_download_to_generator": "e4d2b452d1de671e",
-    "aiofdfs.async_storage_client:Async_Storage_Client._storage_do_download_file_to_gen": "d943ebf13612c003",
     "aiofdfs.async_storage_client:tcp_upload_from_upload_file": "34600b837f3f3ca7",
-    "aiofdfs.async_storage_client:tcp_recv_generator": "7f0325c8b51048f8",
     # app/server.py: GuardedProtocol hooks uvicorn's httptools protocol (and reads its
     # connections, loop and transport attributes, set in these methods).
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.__init__": "4f08999410347141",

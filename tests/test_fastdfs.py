@@ -235,6 +235,46 @@ def test_eof_mid_download_fails_the_transfer_without_freezing_the_loop(
     assert whole.stdout == source.read_bytes()
 
 
+def test_a_download_fails_once_the_storage_goes_silent_not_while_it_trickles(
+    fastdfs: FastDFS, tmp_path: Path
+) -> None:
+    """A download's reply is read by filegate itself (app/storage/fastdfs/download.py): no byte
+    for the network timeout fails it; a slow but steady reply does not."""
+    service = Service(
+        {
+            "STORAGE_MODE": "fastdfs",
+            "FASTDFS_TRACKER_SERVERS": fastdfs.tracker_address,
+            "FASTDFS_NETWORK_TIMEOUT": "2",
+        }
+    )
+    service.start(tmp_path)
+    try:
+        source = tmp_path / "a.bin"
+        data = os.urandom(3 * MiB + 5)
+        source.write_bytes(data)
+        url = f"{service.url}/files/{service.upload(source, 'a.bin')}/download"
+        fastdfs.storage.fault = "stall_download"
+        started = time.monotonic()
+        out = tmp_path / "out"
+        cut = subprocess.run(["curl", "-sS", "-o", str(out), url], timeout=30)
+        assert cut.returncode != 0  # a failed transfer, not a short file that looks complete
+        assert 2 <= time.monotonic() - started < 10
+        assert data.startswith(out.read_bytes())
+        fastdfs.storage.fault, fastdfs.storage.delay = "trickle_download", 0.25
+        started = time.monotonic()
+        ranged = subprocess.run(
+            ["curl", "-sS", "-f", "-r", "100-200099", url], capture_output=True, timeout=30
+        )
+        assert ranged.stdout == data[100:200100]  # 13 writes 0.25 s apart: past the 2 s timeout
+        assert time.monotonic() - started > 2.5
+        fastdfs.storage.fault = None
+        whole = subprocess.run(["curl", "-sS", "-f", url], capture_output=True, timeout=30)
+        assert whole.stdout == data
+    finally:
+        fastdfs.storage.fault = None
+        service.stop()
+
+
 async def test_tracker_connection_is_not_reused_after_a_timeout(fastdfs: FastDFS) -> None:
     """A late reply must never be read as the answer to the next request (docs/fastdfs.md, D2)."""
     async with serve(fdfs_only(fastdfs)) as client:

@@ -1,8 +1,8 @@
 """The FastDFS backend: aiofdfs's protocol code over connections of our own (``connection``).
 
 Every operation runs under an overall deadline, and errors are translated by the stage (tracker
-or storage) that raised them (``errors``). Range arguments of aiofdfs's high-level client are
-ignored (docs/fastdfs.md, "aiofdfs defects"), so downloads use its storage protocol directly.
+or storage) that raised them (``errors``). Downloads send their request and read the reply
+themselves (``download``; docs/fastdfs.md, "Downloads").
 
 FastDFS needs a file's size before its content. A body of known length (raw ``PUT`` with
 ``Content-Length``) streams straight through; any other body is first spooled to a temporary file
@@ -36,6 +36,7 @@ from app.storage.budget import Budget
 from app.storage.crc import crc32
 from app.storage.diskio import write_in_batches
 from app.storage.fastdfs.connection import Pool, StorageClient
+from app.storage.fastdfs.download import Download
 from app.storage.fastdfs.errors import AIOFDFS_ERRORS, Stage, translate
 from app.storage.validation import extension
 
@@ -133,23 +134,19 @@ def _unfinished_upload(records: dict[str, str]) -> bool:
 
 
 class FastDFSStream:
-    """A download in progress: the storage connection lives until the stream is closed."""
+    """A download in progress (``download.Download``); its connection lives until the stream
+    is closed."""
 
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], storage: StorageClient) -> None:
-        self._first = first
-        self._rest = rest
-        self._storage = storage
+    def __init__(self, download: Download) -> None:
+        self._download = download
+        self._pieces = aiter(download)
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            first, self._first = self._first, b""
-            if first:
-                yield first
-            del first
             while True:
                 try:
-                    chunk = await anext(self._rest)
+                    chunk = await anext(self._pieces)
                 except StopAsyncIteration:
                     return
                 except AIOFDFS_ERRORS as exc:
@@ -164,10 +161,10 @@ class FastDFSStream:
         if self._closed:
             return
         self._closed = True
-        await self._storage.connections.close_all()
-        if isinstance(self._rest, AsyncGenerator):
+        self._download.close()
+        if isinstance(self._pieces, AsyncGenerator):
             with contextlib.suppress(RuntimeError):  # "already running": it stops on the socket
-                await self._rest.aclose()
+                await self._pieces.aclose()
 
 
 async def open_fastdfs_backend(
@@ -340,20 +337,24 @@ class FastDFSBackend:
         )
 
     async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> FastDFSStream:
+        """The storage server's answer (the file is there, or ``FileNotFound``) comes before
+        any response byte is sent; its bytes are read by ``download`` (docs/fastdfs.md,
+        "Downloads")."""
         async with self._within_deadline():
             server = await self._locate(ref, update=False)
-            storage = self._storage(server)
             offset, count = (byte_range.start, byte_range.length) if byte_range else (0, 0)
-            stream = FastDFSStream(
-                b"", storage.storage_download_to_generator(server, offset, count, ref.key), storage
+            started = await self._step(
+                "storage",
+                Download.start(
+                    server,
+                    offset,
+                    count,
+                    ref.key,
+                    connect_timeout=self._pool.connect_timeout,
+                    network_timeout=self._pool.network_timeout,
+                ),
             )
-            try:
-                # The first chunk proves the file is there before any response byte is sent.
-                stream._first = await self._step("storage", anext(stream._rest, b""))
-            except BaseException:
-                await stream.aclose()
-                raise
-        return stream
+        return FastDFSStream(started)
 
     async def delete(self, ref: ObjectRef) -> None:
         async with self._within_deadline():
