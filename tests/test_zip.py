@@ -210,6 +210,31 @@ def test_backend_failure_mid_zip_fails_the_transfer(local_service: Service, tmp_
     subprocess.run(["curl", "-sS", "-f", f"{local_service.url}/healthz"], check=True)
 
 
+def test_bytes_that_differ_from_their_crc_fail_the_archive(
+    local_service: Service, tmp_path: Path
+) -> None:
+    """Stored entries are written on the event loop (app/storage/zip.py, ``_inline``); stream-zip
+    still checks each one's bytes against the CRC-32 in its header."""
+    source = tmp_path / "src.bin"
+    data = os.urandom(3 * MiB)
+    source.write_bytes(data)
+    ids = [local_service.upload(source, f"f{i}.bin") for i in range(3)]
+    stored = tmp_path / "data" / ids[1].removeprefix("local:")
+    with stored.open("r+b") as file:  # same size, one byte changed: only the CRC can tell
+        file.seek(2 * MiB)
+        file.write(bytes([data[2 * MiB] ^ 0xFF]))
+    out = tmp_path / "out.zip"
+    curl = subprocess.run(
+        [*_zip_request(local_service.url, [{"file_id": i} for i in ids]), "-o", str(out)],
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert curl.returncode != 0  # a cut transfer: fewer bytes than the announced length
+    assert out.stat().st_size < 3 * len(data)
+    broken = subprocess.run(["unzip", "-t", str(out)], capture_output=True)
+    assert broken.returncode != 0
+
+
 def _open_data_files(service: Service, root: Path) -> list[str]:
     assert service.process is not None
     fd_dir = Path(f"/proc/{service.process.pid}/fd")

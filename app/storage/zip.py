@@ -27,17 +27,18 @@ import stat
 import unicodedata
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
-from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_AUTO, Method
+from stream_zip import NO_COMPRESSION_32, NO_COMPRESSION_64, ZIP_AUTO, Method, stream_zip
 
 from app.errors import FilegateError, FileNotFound, FileTooLarge, InvalidArgument, StorageError
-from app.storage.base import ObjectStream
+from app.storage.base import Chunk, ObjectStream
 from app.storage.ids import FileId
 from app.storage.stored import StoredFile
-from app.storage.zipwriter import END, ZipWriter
+from app.storage.zipwriter import END, Member, ZipWriter
 
 Compression = Literal["stored", "deflate"]
 HEAD_CONCURRENCY = 16
@@ -186,6 +187,7 @@ class ZipStream:
         self._closed = False
         self._writer: ZipWriter | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._reading: AsyncGenerator[Chunk | object] | None = None
 
     @property
     def length(self) -> int | None:
@@ -207,12 +209,87 @@ class ZipStream:
         members = [
             (e.name, e.file.info.last_modified, ENTRY_MODE, self._method(e)) for e in self._entries
         ]
+        if self.length is not None:  # every entry stored, every CRC known: no thread needed
+            async for chunk in self._inline(members):
+                yield chunk
+            return
         self._writer = ZipWriter(
             members, chunk_size=OUTPUT_CHUNK, get_compressobj=self._compressobj
         )
         self._pump = asyncio.create_task(self._feed(self._writer))
         async for chunk in self._writer.chunks():
             yield chunk
+
+    async def _inline(self, members: list[Member]) -> AsyncIterator[bytes]:
+        """stream-zip on the event loop, for an archive of stored entries whose CRCs are known
+        (docs/performance.md, "Zips"): its work per MiB is then a CRC-32 and at most one copy,
+        less than handing the chunk to a thread and back.
+
+        stream-zip pulls its input synchronously, so the entries' bytes are read ahead into
+        ``pending`` first: each output chunk needs at most ``OUTPUT_CHUNK`` bytes of input plus
+        the rest of one input chunk, and that much is always waiting (or the whole remainder of
+        the archive) before stream-zip is asked for the next one. Were it ever to ask for more,
+        the archive fails rather than being cut short silently."""
+        pending: deque[Chunk | object] = deque()
+        waiting = largest = 0
+
+        def entry() -> Iterator[bytes]:
+            nonlocal waiting
+            while True:
+                if not pending:
+                    raise StorageError(
+                        "The zip's input ran dry (a defect: see app/storage/zip.py)."
+                    )
+                item = pending.popleft()
+                if item is END:
+                    return
+                assert isinstance(item, bytes | memoryview)
+                waiting -= len(item)
+                yield item  # type: ignore[misc]  # a memoryview: stream-zip measures, checks, joins
+
+        def files() -> Iterator[tuple[str, datetime, int, Method, Iterator[bytes]]]:
+            for name, modified, mode, method in members:
+                yield name, modified, mode, method, entry()
+
+        written = iter(
+            stream_zip(files(), chunk_size=OUTPUT_CHUNK, get_compressobj=self._compressobj)
+        )
+        items = self._items()
+        self._reading = items
+        ended = False
+        while True:
+            while not ended and waiting < OUTPUT_CHUNK + largest:
+                item = await anext(items, None)
+                if item is None:
+                    ended = True
+                    break
+                pending.append(item)
+                if item is not END:
+                    assert isinstance(item, bytes | memoryview)
+                    waiting += len(item)
+                    largest = max(largest, len(item))
+            chunk = next(written, None)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def _items(self) -> AsyncGenerator[Chunk | object]:
+        """Every entry's bytes in order, ``END`` after each; the next entries' streams are
+        already opening while one is read."""
+        upcoming = iter(self._entries)
+        for entry in self._entries[:PREFETCH]:
+            self._opening.append(self._open(entry))
+            next(upcoming)
+        for _ in self._entries:
+            stream = await self._opening.popleft()
+            following = next(upcoming, None)
+            if following is not None:
+                self._opening.append(self._open(following))
+            async for chunk in stream:
+                yield chunk
+            yield END
+            self._open_streams.remove(stream)
+            await stream.aclose()
 
     @staticmethod
     def _compressobj() -> Any:
@@ -241,24 +318,13 @@ class ZipStream:
         return stream
 
     async def _feed(self, writer: ZipWriter) -> None:
-        """Every entry's bytes, in order, into the writer; the next entries' streams are already
-        opening while one is written. A failure is handed to the writer, which fails the
-        archive with it."""
+        """Every entry's bytes into the writer's thread. A failure is handed to the writer,
+        which fails the archive with it."""
+        items = self._items()
+        self._reading = items
         try:
-            upcoming = iter(self._entries)
-            for entry in self._entries[:PREFETCH]:
-                self._opening.append(self._open(entry))
-                next(upcoming)
-            for _ in self._entries:
-                stream = await self._opening.popleft()
-                following = next(upcoming, None)
-                if following is not None:
-                    self._opening.append(self._open(following))
-                async for chunk in stream:
-                    await writer.put(chunk)
-                await writer.put(END)
-                self._open_streams.remove(stream)
-                await stream.aclose()
+            async for item in items:
+                await writer.put(item)
         except (FilegateError, OSError) as exc:
             await writer.put(exc)
 
@@ -272,6 +338,9 @@ class ZipStream:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, FilegateError, OSError):
                 await self._pump
+        if self._reading is not None:
+            with contextlib.suppress(RuntimeError, FilegateError, OSError):  # RuntimeError: running
+                await self._reading.aclose()
         opening, self._opening = list(self._opening), deque()
         for task in opening:
             task.cancel()
