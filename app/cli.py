@@ -15,7 +15,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.logs import log_config
-from app.main import few_malloc_arenas
+from app.main import tune_malloc
 from app.metrics import MULTIPROC_ENV
 from app.preflight import Misconfigured, preflight
 from app.settings import Settings, describe_errors
@@ -32,7 +32,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    few_malloc_arenas()  # before any thread starts (workers call it again in create_app)
+    tune_malloc()  # before any thread starts (workers call it again in create_app)
     parser = argparse.ArgumentParser(prog="filegate", description=__doc__)
     parser.add_argument(
         "--host",

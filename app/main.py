@@ -65,24 +65,36 @@ def _settle_the_heap() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
-"""glibc's mallopt parameter (malloc.h)."""
+"""glibc's mallopt parameters (malloc.h)."""
+MMAP_THRESHOLD = 4 * 1024 * 1024
+TRIM_THRESHOLD = 16 * 1024 * 1024
 
 
-def few_malloc_arenas() -> None:
-    """glibc gives each thread that allocates its own heap (arena), up to eight per core, and
-    keeps what each one ever held: with the event loop, obstore's and anyio's threads, RSS grew
-    with every burst of transfers. Two arenas (docs/performance.md, "Memory"). Not glibc: no-op."""
+def tune_malloc() -> None:
+    """glibc's malloc, set for a process that moves data in MiB-sized chunks (docs/performance.md,
+    "Memory"). Not glibc: no-op.
+
+    - Two arenas: glibc gives each thread that allocates its own heap, up to eight per core, and
+      keeps what each one ever held; with the event loop, obstore's and anyio's threads, RSS grew
+      with every burst of transfers.
+    - Chunks below 4 MiB come from the heap, and up to 16 MiB free at its top is kept: with glibc's
+      own sliding thresholds, a 1 MiB chunk freed at the top was given back to the kernel and
+      the next one faulted its pages in again (a zip: about 40,000 page faults per GiB)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(M_ARENA_MAX, 2)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     except (OSError, AttributeError):
         pass
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for ``settings`` (read from the environment when not given)."""
-    few_malloc_arenas()
+    tune_malloc()
     settings = settings or Settings()
 
     @asynccontextmanager
