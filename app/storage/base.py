@@ -176,8 +176,9 @@ class Presigner(Protocol):
 class ChecksumReader(Protocol):
     """A backend that can be asked for a CRC-32 it keeps apart from ``head`` (S3 multipart)."""
 
-    async def stored_crc32(self, ref: ObjectRef) -> int | None:
-        """The whole object's CRC-32, if the storage keeps one (costs a request)."""
+    async def stored_crc32(self, ref: ObjectRef, etag: str | None = None) -> int | None:
+        """The whole object's CRC-32, if the storage keeps one (may cost a request); ``etag``:
+        the version ``head`` saw."""
 
 
 @runtime_checkable

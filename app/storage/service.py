@@ -122,7 +122,7 @@ class FileService:
             stored = StoredFile(file_id, await target.backend.head(file_id.ref))
             backend = target.backend
             if with_crc32 and stored.info.crc32 is None and isinstance(backend, ChecksumReader):
-                crc32 = await backend.stored_crc32(file_id.ref)
+                crc32 = await backend.stored_crc32(file_id.ref, stored.info.etag)
                 stored = StoredFile(file_id, replace(stored.info, crc32=crc32))
         return stored
 

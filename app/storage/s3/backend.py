@@ -18,7 +18,7 @@ import asyncio
 import base64
 import binascii
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -158,6 +158,7 @@ class S3Backend:
         self._probe_bucket = probe_bucket
         self._parts_in_flight = parts_in_flight
         self._checksums = multipart_checksums
+        self._crcs = KnownCrcs()
 
     async def ensure_bucket(self, bucket: str, region: str) -> None:
         """Create ``bucket`` if it does not exist (with the write pair); ``S3Refusal`` if S3
@@ -349,7 +350,9 @@ class S3Backend:
                     MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
                     **checksum,  # type: ignore[arg-type]
                 )
-        return answer.get("ETag", '""'), _crc_of(answer.get("ChecksumCRC32"))
+        etag, crc = answer.get("ETag", '""'), _crc_of(answer.get("ChecksumCRC32"))
+        self._crcs.remember(ref, etag, crc)
+        return etag, crc
 
     async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None:
         """Abort a multipart upload; one that is gone already is not an error."""
@@ -478,15 +481,22 @@ class S3Backend:
     async def head(self, ref: ObjectRef) -> ObjectInfo:
         return await self._objects.head(ref)
 
-    async def stored_crc32(self, ref: ObjectRef) -> int | None:
-        """The full-object CRC-32 S3 keeps for a multipart upload (one more request)."""
+    async def stored_crc32(self, ref: ObjectRef, etag: str | None = None) -> int | None:
+        """The full-object CRC-32 S3 keeps for a multipart upload: remembered for the object
+        with this ``etag`` if this process completed or asked for it before (``KnownCrcs``),
+        else one more request."""
+        known = self._crcs.recall(ref, etag)
+        if known is not None:
+            return known
         with translate_errors():
             answer = await self._read.head_object(
                 Bucket=ref.bucket, Key=ref.key, ChecksumMode="ENABLED"
             )
         if answer.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
             return None
-        return _crc_of(answer.get("ChecksumCRC32"))
+        crc = _crc_of(answer.get("ChecksumCRC32"))
+        self._crcs.remember(ref, answer.get("ETag"), crc)
+        return crc
 
     async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> ObjectStream:
         _, stream = await self._get(ref, byte_range)
@@ -574,7 +584,7 @@ class S3Backend:
         read, or no copy support), ``CopyNotPossible``: the service streams the bytes."""
         crc = source.crc32
         if crc is None:
-            crc = await self.stored_crc32(source.ref)
+            crc = await self.stored_crc32(source.ref, source.etag)
         if source.size > self._copy_max:
             etag = await self._copy_in_parts(source, new, crc)
         else:
@@ -674,6 +684,37 @@ def _stored(obj: NewObject, size: int, etag: str, crc32: int | None) -> ObjectIn
 
 def _b64crc(crc: int) -> str:
     return base64.b64encode(crc.to_bytes(4, "big")).decode()
+
+
+class KnownCrcs:
+    """The full-object CRC-32s of multipart objects this process completed or looked up, by
+    bucket, key and ETag (docs/performance.md, "Zips").
+
+    S3 gives a multipart object's CRC-32 only to a HEAD or GET that asks for it, and obstore,
+    which makes filegate's other object requests, cannot ask; so a zip or an info of such a file
+    cost one more (aiobotocore) request, about 1 CPU-ms. An object's bytes never change without
+    its ETag changing (a new upload to the same key is a new object with a new ETag), so a CRC
+    known for one ETag is that object's for good. The oldest entries are forgotten first."""
+
+    def __init__(self, size: int = 16_384) -> None:
+        self._size = size
+        self._known: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+
+    def remember(self, ref: ObjectRef, etag: str | None, crc: int | None) -> None:
+        if not etag or crc is None:
+            return
+        self._known[(ref.bucket, ref.key, etag.strip('"'))] = crc
+        if len(self._known) > self._size:
+            self._known.popitem(last=False)
+
+    def recall(self, ref: ObjectRef, etag: str | None) -> int | None:
+        if not etag:
+            return None
+        key = (ref.bucket, ref.key, etag.strip('"'))
+        crc = self._known.get(key)
+        if crc is not None:
+            self._known.move_to_end(key)
+        return crc
 
 
 def _crc_of(value: str | None) -> int | None:
