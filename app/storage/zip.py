@@ -9,8 +9,10 @@ Entries are stored as they are (method STORE) when the backend knows the file's 
 reading it (every file filegate stored itself); STORE needs the CRC before the data, so a file
 whose CRC is unknown (put into a bucket by someone else) is written as deflate at level 0, which
 keeps its bytes uncompressed in stored deflate blocks. ``compression="deflate"`` deflates every
-entry. stream-zip runs in a worker thread of the archive's own (``zipwriter``), so neither
-compression nor its CRC checks block the event loop. An archive
+entry. An archive of stored entries whose CRCs are all known (the normal case) is written by
+stream-zip on the event loop: per MiB that is a CRC-32 with zlib-ng and at most one copy
+(``_inline``). Any other archive runs stream-zip in a worker thread of its own (``zipwriter``),
+so compression does not block the event loop. An archive
 that could pass 4 GiB or 65,535 entries is written as zip64 throughout (known from the sizes
 before the first byte); any other archive is a plain zip.
 """
