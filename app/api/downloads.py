@@ -4,13 +4,16 @@ creation of signed links. What to answer is decided by ``app.api.decision`` befo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field, ValidationError
 
 from app.access import LinkTerms, Principal
 from app.api.auth import PrincipalDep, keyring_of, presented_key, signer_of
@@ -96,12 +99,35 @@ async def admit_download(
 AdmittedDep = Annotated[Admitted, Depends(admit_download)]
 
 
-@router.get(
-    "/{file_id:file_id}/download",
-    operation_id="download_file",
-    response_class=StreamingResponse,
-    responses=_DOWNLOAD_RESPONSES,
-)
+def _query(request: Request) -> DownloadQuery:
+    """The query, validated as FastAPI would: the last value of each name, others ignored, an
+    invalid value a ``RequestValidationError`` located in ``query`` (so the same 400)."""
+    try:
+        return DownloadQuery.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("query", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from None
+
+
+class AdmittedRoute(APIRoute):
+    """GET and HEAD of a download resolve their one dependency (``admit_download``) here, not
+    through FastAPI's per-request parameter machinery, which cost about a tenth of a small
+    download's CPU (docs/performance.md, "Small requests"). FastAPI still documents and
+    checks the route from the same declarations: the endpoint's signature is unchanged, only
+    the function that calls it per request is ours."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint = self.endpoint
+
+        async def handle(request: Request) -> Response:
+            file_id = request.path_params["file_id"]
+            admitted = await admit_download(request, file_id, _query(request))
+            response: Response = await endpoint(request, admitted)
+            return response
+
+        return handle
+
+
 async def download_file(request: Request, admitted: AdmittedDep) -> Response:
     """Download a file, or one byte range of it (with an API key, or through a signed link)."""
     files = admitted.files
@@ -139,12 +165,6 @@ async def download_file(request: Request, admitted: AdmittedDep) -> Response:
     )
 
 
-@router.head(
-    "/{file_id:file_id}/download",
-    operation_id="download_file_head",
-    response_class=Response,
-    responses=_DOWNLOAD_RESPONSES,
-)
 async def download_file_head(request: Request, admitted: AdmittedDep) -> Response:
     """The headers a download would send, without the body."""
     files = admitted.files
@@ -153,6 +173,21 @@ async def download_file_head(request: Request, admitted: AdmittedDep) -> Respons
     decision = decide(stored.info, name, inline=admitted.inline, request_headers=request.headers)
     media_type = decision.media_type if decision.has_body else None
     return Response(status_code=decision.status, headers=decision.headers, media_type=media_type)
+
+
+for _method, _endpoint, _operation, _class in (
+    ("GET", download_file, "download_file", StreamingResponse),
+    ("HEAD", download_file_head, "download_file_head", Response),
+):  # as @router.get / @router.head would, with AdmittedRoute as the route class
+    router.add_api_route(
+        "/{file_id:file_id}/download",
+        _endpoint,
+        methods=[_method],
+        operation_id=_operation,
+        response_class=_class,
+        responses=_DOWNLOAD_RESPONSES,
+        route_class_override=AdmittedRoute,
+    )
 
 
 @router.post(
