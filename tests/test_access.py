@@ -379,7 +379,7 @@ async def test_signed_link_options_are_part_of_the_signature(client: httpx.Async
 
 async def test_a_download_query_that_does_not_parse_is_400(client: httpx.AsyncClient) -> None:
     """GET and HEAD of a download validate their query themselves (app/api/downloads.py,
-    ``AdmittedRoute``), with the answer FastAPI gives everywhere else."""
+    ``direct_route``), with the answer FastAPI gives everywhere else."""
     file_id = await put(client, "a.txt", b"abc")
     url = f"/files/{file_id}/download"
     for query, named in (

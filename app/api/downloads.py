@@ -4,7 +4,6 @@ creation of signed links. What to answer is decided by ``app.api.decision`` befo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -12,13 +11,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
 
 from app.access import LinkTerms, Principal
 from app.api.auth import PrincipalDep, keyring_of, presented_key, signer_of
 from app.api.decision import decide, disposition, is_plain
-from app.api.deps import FileIdDep, FilesDep, files_of
+from app.api.deps import FileIdDep, FilesDep, direct_route, files_of
 from app.api.errors import declare
 from app.api.responses import ObjectStreamResponse
 from app.api.schemas import Link, LinkRequest
@@ -109,23 +107,11 @@ def _query(request: Request) -> DownloadQuery:
         raise RequestValidationError(errors) from None
 
 
-class AdmittedRoute(APIRoute):
-    """GET and HEAD of a download resolve their one dependency (``admit_download``) here, not
-    through FastAPI's per-request parameter machinery, which cost about a tenth of a small
-    download's CPU (docs/performance.md, "Small requests"). FastAPI still documents and
-    checks the route from the same declarations: the endpoint's signature is unchanged, only
-    the function that calls it per request is ours."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        endpoint = self.endpoint
-
-        async def handle(request: Request) -> Response:
-            file_id = request.path_params["file_id"]
-            admitted = await admit_download(request, file_id, _query(request))
-            response: Response = await endpoint(request, admitted)
-            return response
-
-        return handle
+async def _admitted(request: Request) -> dict[str, Any]:
+    """``download_file``'s and ``download_file_head``'s arguments, as FastAPI would resolve them
+    (``direct_route``)."""
+    admitted = await admit_download(request, request.path_params["file_id"], _query(request))
+    return {"request": request, "admitted": admitted}
 
 
 async def download_file(request: Request, admitted: AdmittedDep) -> Response:
@@ -178,7 +164,7 @@ async def download_file_head(request: Request, admitted: AdmittedDep) -> Respons
 for _method, _endpoint, _operation, _class in (
     ("GET", download_file, "download_file", StreamingResponse),
     ("HEAD", download_file_head, "download_file_head", Response),
-):  # as @router.get / @router.head would, with AdmittedRoute as the route class
+):  # as @router.get / @router.head would, with a direct_route as the route class
     router.add_api_route(
         "/{file_id:file_id}/download",
         _endpoint,
@@ -186,7 +172,7 @@ for _method, _endpoint, _operation, _class in (
         operation_id=_operation,
         response_class=_class,
         responses=_DOWNLOAD_RESPONSES,
-        route_class_override=AdmittedRoute,
+        route_class_override=direct_route(_admitted),
     )
 
 

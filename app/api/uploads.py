@@ -14,8 +14,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from app.api.auth import PrincipalDep
-from app.api.deps import FilesDep
+from app.api.auth import PrincipalDep, get_principal
+from app.api.deps import FilesDep, direct_route, files_of
 from app.api.errors import declare
 from app.api.multipart import FormStream
 from app.api.schemas import FileAttach
@@ -140,14 +140,6 @@ async def _receive_form(
     return uploads.stored
 
 
-@router.post(
-    "/upload",
-    operation_id="upload_file",
-    status_code=201,
-    response_model=FileAttach,
-    responses=UPLOAD_ERRORS,
-    openapi_extra=_form_body("file", many=False),
-)
 async def upload_file(
     request: Request,
     files: FilesDep,
@@ -159,6 +151,33 @@ async def upload_file(
     target = {"folder": folder, "bucket": bucket}
     stored = await _receive_form(request, files, principal, "file", many=False, target=target)
     return _created(stored, many=False)
+
+
+async def _upload_arguments(request: Request) -> dict[str, Any]:
+    """``upload_file``'s arguments, as FastAPI would resolve them (``direct_route``): the
+    service, the caller (401 first), and the last ``folder`` and ``bucket`` of the query."""
+    principal = await get_principal(request)
+    query = request.query_params
+    return {
+        "request": request,
+        "files": files_of(request),
+        "principal": principal,
+        "folder": query.get("folder"),
+        "bucket": query.get("bucket"),
+    }
+
+
+router.add_api_route(  # as @router.post would, with a direct_route as the route class
+    "/upload",
+    upload_file,
+    methods=["POST"],
+    operation_id="upload_file",
+    status_code=201,
+    response_model=FileAttach,
+    responses=UPLOAD_ERRORS,
+    openapi_extra=_form_body("file", many=False),
+    route_class_override=direct_route(_upload_arguments),
+)
 
 
 @router.post(
