@@ -18,7 +18,7 @@ import contextlib
 import json
 import re
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from typing import IO, Any, cast
@@ -162,9 +162,8 @@ class FastDFSStream:
             return
         self._closed = True
         self._download.close()
-        if isinstance(self._pieces, AsyncGenerator):
-            with contextlib.suppress(RuntimeError):  # "already running": it stops on the socket
-                await self._pieces.aclose()
+        with contextlib.suppress(RuntimeError):  # "already running": it stops on the socket
+            await self._pieces.aclose()
 
 
 async def open_fastdfs_backend(

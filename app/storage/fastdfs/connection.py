@@ -57,7 +57,7 @@ class Connection(AsyncConnection):
 
 class Pool:
     """The few methods of aiofdfs's pool its clients call; reuses only clean connections, and
-    ``close_all`` also drops the ones in use (a stream closed mid-read stops there)."""
+    ``close_all`` also drops the ones in use."""
 
     def __init__(
         self, hosts: list[str], connect_timeout: float, network_timeout: float, keep: int

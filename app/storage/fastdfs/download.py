@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import cast
 
 from aiofdfs.async_connection import AsyncConnectionError
@@ -192,10 +192,10 @@ class Download:
             raise
         return cls(reply, network_timeout)
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncGenerator[bytes]:
         return self._pieces()
 
-    async def _pieces(self) -> AsyncIterator[bytes]:
+    async def _pieces(self) -> AsyncGenerator[bytes]:
         try:
             while (piece := await self._reply.piece(self._stall)) is not None:
                 yield piece
