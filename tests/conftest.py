@@ -126,6 +126,10 @@ class Storage:
         if self.root is not None:
             base = self.root / self.bucket
             found = [str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()]
+            records = self.root / ".filegate-meta" / self.bucket  # sidecars (no xattrs)
+            found += [
+                f"(record) {p.relative_to(records)}" for p in records.rglob("*") if p.is_file()
+            ]
             return sorted(found)
         assert self.endpoint is not None
         keys: list[str] = []

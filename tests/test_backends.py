@@ -6,6 +6,7 @@ spoken to by aiofdfs over sockets) each run every test here.
 
 from __future__ import annotations
 
+import json
 import os
 import zlib
 from collections.abc import AsyncIterator
@@ -27,28 +28,34 @@ from app.storage.base import (
 )
 from app.storage.budget import Budget
 from app.storage.fastdfs import open_fastdfs_backend
-from app.storage.local import open_local_backend
+from app.storage.local import LocalBackend, open_local_backend
 from app.storage.s3 import open_s3_backend
 from tests.conftest import Storage, fastdfs_settings, make_storage, s3_settings
 
 MiB = 1024 * 1024
 
 
-@pytest.fixture(params=["local", "s3", "fastdfs"])
+@pytest.fixture(params=["local", "local-sidecar", "s3", "fastdfs"])
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    """Each backend once (hybrid mode is the S3 backend again)."""
-    return await make_storage(request.param, request, tmp_path)
+    """Each backend once (hybrid mode is the S3 backend again); the local disk also with its
+    records in sidecars, as on a file system without extended attributes."""
+    return await make_storage(request.param.removesuffix("-sidecar"), request, tmp_path)
 
 
 @pytest.fixture
-async def backend(storage: Storage) -> AsyncIterator[Backend]:
+async def backend(storage: Storage, request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     budget = Budget(64 * MiB, 5)
     async with AsyncExitStack() as stack:
         opened: Backend
         if storage.mode == "local":
             assert storage.root is not None
-            settings = Settings(_env_file=None, local_root=storage.root)
-            opened = await open_local_backend(settings, budget)
+            if request.node.callspec.params["storage"] == "local-sidecar":
+                opened = LocalBackend(storage.root, budget, xattrs=False)
+                await opened.check()
+            else:
+                settings = Settings(_env_file=None, local_root=storage.root)
+                opened = await open_local_backend(settings, budget)
+                assert isinstance(opened, LocalBackend) and opened.xattrs
         elif storage.backend == "fastdfs":
             assert storage.fastdfs is not None
             values = fastdfs_settings(storage.fastdfs, storage_mode="fastdfs")
@@ -169,3 +176,52 @@ async def test_check_says_ready(backend: Backend) -> None:
 
 async def test_only_s3_presigns(backend: Backend, storage: Storage) -> None:
     assert isinstance(backend, Presigner) == (storage.backend == "s3")
+
+
+async def test_a_local_files_record_lives_in_its_extended_attribute(tmp_path: Path) -> None:
+    """Name, type, metadata and CRC-32 go into the file's own inode, written before the rename
+    that publishes the file: no second file to create, fsync and lose."""
+    root = tmp_path / "data"
+    backend = await open_local_backend(Settings(_env_file=None, local_root=root), Budget(MiB, 1))
+    storage = Storage("local", "local", "files", root=root)
+    data = os.urandom(5000)
+    info = await backend.put(new(storage, "ä.bin"), chunks(data))
+    record = json.loads(os.getxattr(root / "files" / info.ref.key, "user.filegate"))
+    assert record == {
+        "file_name": "ä.bin",
+        "content_type": "application/x-test",
+        "metadata": {"author": "Jöhn"},
+        "crc32": zlib.crc32(data),
+    }
+    assert not (root / ".filegate-meta").exists()
+    assert await storage.keys() == [info.ref.key]
+
+
+async def test_local_files_with_sidecars_keep_their_records(tmp_path: Path) -> None:
+    """A root written where extended attributes are missing (or before records moved into them)
+    is read by a backend that uses them: each file without an attribute falls back to its
+    sidecar, and a delete removes the sidecar and its empty folders."""
+    root = tmp_path / "data"
+    storage = Storage("local", "local", "files", root=root)
+    old = LocalBackend(root, Budget(MiB, 1), xattrs=False)
+    await old.check()
+    data = b"stored with a sidecar"
+    ref = ObjectRef("files", "a/b/0123456789abcdef_old.txt")
+    info = await old.put(NewObject(ref, "old.txt", "text/plain", {"k": "v"}, None), chunks(data))
+    with pytest.raises(OSError):
+        os.getxattr(root / "files" / ref.key, "user.filegate")
+    assert await storage.keys() == [f"(record) {ref.key}.json", ref.key]
+
+    new_backend = await open_local_backend(
+        Settings(_env_file=None, local_root=root), Budget(MiB, 1)
+    )
+    assert isinstance(new_backend, LocalBackend) and new_backend.xattrs
+    for seen in (await new_backend.head(ref), (await new_backend.fetch(ref))[0]):
+        assert (seen.file_name, seen.content_type, seen.metadata, seen.crc32, seen.etag) == (
+            "old.txt", "text/plain", {"k": "v"}, zlib.crc32(data), info.etag
+        )  # fmt: skip
+    listed = await new_backend.list_page("files", "a/b/", delimiter="/", limit=10, token=None)
+    assert [(o.file_name, o.crc32) for o in listed.objects] == [("old.txt", zlib.crc32(data))]
+    await new_backend.delete(ref)
+    assert await storage.keys() == []
+    assert list((root / ".filegate-meta" / "files").iterdir()) == []  # as the bucket keeps its own

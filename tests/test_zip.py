@@ -303,10 +303,9 @@ def test_zip64_archive_over_4_gib(local_service: Service, tmp_path: Path) -> Non
     while left:
         crc = zlib.crc32(zeros[: min(left, len(zeros))], crc)
         left -= min(left, len(zeros))
-    meta = tmp_path / "data" / ".filegate-meta" / f"{big_id.removeprefix('local:')}.json"
-    record = json.loads(meta.read_text())
+    record = json.loads(os.getxattr(big_path, "user.filegate"))
     record.update(crc32=crc, etag='"sparse"')
-    meta.write_text(json.dumps(record))
+    os.setxattr(big_path, "user.filegate", json.dumps(record).encode())
 
     out = tmp_path / "big.zip"
     done = subprocess.run(

@@ -1,9 +1,14 @@
 """The local-disk backend: the embedded default, so filegate runs with no other service.
 
-Layout under ``LOCAL_ROOT``: ``<bucket>/<key>`` holds the bytes, and
-``.filegate-meta/<bucket>/<key>.json`` the original name, content type, user metadata and CRC-32.
-An upload is written to a hidden temporary file in the target directory, fsynced and renamed into
-place once complete, so a reader never sees a partial file and a failed upload leaves nothing.
+Layout under ``LOCAL_ROOT``: ``<bucket>/<key>`` holds the bytes, and the file's extended
+attribute ``user.filegate`` its record: the original name, content type, user metadata and CRC-32,
+as JSON. On a file system without user extended attributes the record is a sidecar,
+``.filegate-meta/<bucket>/<key>.json``; a record is read from there too when a file has no
+attribute (files stored before records moved into attributes). docs/architecture.md, "Local disk".
+
+An upload is written to a hidden temporary file in the target directory, given its record, fsynced
+and renamed into place once complete, so a reader never sees a partial file, a failed upload leaves
+nothing, and the record is stored with the bytes in the same inode and the same rename.
 
 Every filesystem call runs in a worker thread, and each thread hop does as much as it can: a small
 file is opened, checked, described and read in one hop; a small upload is written, fsynced and
@@ -45,6 +50,9 @@ from app.storage.crc import crc32
 
 TMP_PREFIX = ".filegate-tmp-"
 META_DIR = ".filegate-meta"
+XATTR = "user.filegate"
+_NO_XATTR = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA)
+_PROC_FD = os.path.isdir("/proc/self/fd")
 READ_CHUNK = 1024 * 1024
 INLINE_READ = 256 * 1024
 """Files (or ranges) up to this size are read in the same thread hop that opens them."""
@@ -76,7 +84,8 @@ def _shorter() -> StorageError:
 
 
 async def open_local_backend(settings: Settings, budget: Budget) -> LocalBackend:
-    """The backend under ``LOCAL_ROOT``, which must be (or become) a writable directory."""
+    """The backend under ``LOCAL_ROOT``, which must be (or become) a writable directory; records
+    go into extended attributes when its file system takes them."""
     backend = LocalBackend(settings.local_root, budget)
     await backend.check()
     return backend
@@ -110,11 +119,18 @@ class LocalStream:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, root: Path, budget: Budget) -> None:
+    def __init__(self, root: Path, budget: Budget, *, xattrs: bool | None = None) -> None:
+        """``xattrs``: whether records go into extended attributes (True) or sidecars (False);
+        None finds out in ``check``."""
         self._budget = budget
         self._root = str(root.resolve())
         self._inside = f"{self._root}{os.sep}"
         self._meta_root = os.path.join(self._root, META_DIR)
+        self._xattrs = xattrs
+
+    @property
+    def xattrs(self) -> bool:
+        return bool(self._xattrs)
 
     async def check(self) -> None:
         """Create the root if needed and check that it is a writable directory."""
@@ -127,8 +143,13 @@ class LocalBackend:
 
     def check_writable(self) -> None:
         os.makedirs(self._root, exist_ok=True)
-        with tempfile.TemporaryFile(dir=self._root, prefix=TMP_PREFIX):
-            pass
+        with tempfile.TemporaryFile(dir=self._root, prefix=TMP_PREFIX) as probe:
+            if self._xattrs is None:
+                try:
+                    os.setxattr(probe.fileno(), XATTR, b"{}")
+                    self._xattrs = True
+                except (AttributeError, OSError):  # not Linux, or not this file system
+                    self._xattrs = False
 
     def _path(self, ref: ObjectRef) -> str:
         """The file's path, built lexically; ``_confine`` checks symlinks inside a worker thread."""
@@ -164,18 +185,17 @@ class LocalBackend:
         fd = os.open(path, _O_PATH | os.O_CLOEXEC)
         try:
             self._confine(fd, path)
-            return self._describe(os.fstat(fd), ref)
+            # An O_PATH descriptor takes no xattr calls; its /proc link does.
+            where = f"/proc/self/fd/{fd}" if _PROC_FD else path
+            return self._describe(os.fstat(fd), ref, where)
         finally:
             os.close(fd)
 
-    def _describe(self, st: os.stat_result, ref: ObjectRef) -> ObjectInfo:
+    def _describe(self, st: os.stat_result, ref: ObjectRef, where: int | str) -> ObjectInfo:
+        """The file's info from its stat and its record (``where``: its descriptor or path)."""
         if not stat.S_ISREG(st.st_mode):
             raise FileNotFound("No such file.")
-        try:
-            with open(self._meta_path(ref), "rb") as file:
-                record = json.loads(file.read())
-        except (FileNotFoundError, NotADirectoryError, ValueError):
-            record = {}
+        record = self._record(ref, where)
         crc = record.get("crc32")
         return ObjectInfo(
             ref=ref,
@@ -187,6 +207,45 @@ class LocalBackend:
             metadata=record.get("metadata") or {},
             crc32=crc,
         )
+
+    def _record(self, ref: ObjectRef, where: int | str) -> dict[str, Any]:
+        """The file's record: its attribute, else its sidecar, else none."""
+        data = None
+        if self._xattrs:
+            try:
+                data = os.getxattr(where, XATTR)
+            except OSError as exc:
+                if exc.errno not in _NO_XATTR:
+                    raise
+        if data is None:
+            try:
+                with open(self._meta_path(ref), "rb") as file:
+                    data = file.read()
+            except (FileNotFoundError, NotADirectoryError):
+                return {}
+        try:
+            record: dict[str, Any] = json.loads(data)
+        except ValueError:
+            return {}
+        return record
+
+    def keep_record(self, fd: int, ref: ObjectRef, record: bytes) -> None:
+        """Store a file's record before the file is fsynced and moved into place: in its
+        attribute, or in a sidecar that is in place (and durable) before the file is."""
+        if self._xattrs:
+            os.setxattr(fd, XATTR, record)
+            return
+        meta_path = self._meta_path(ref)
+        os.makedirs(os.path.dirname(meta_path), exist_ok=True)
+        write_atomically(meta_path, record)
+        fsync_dir(os.path.dirname(meta_path))
+
+    def forget_record(self, ref: ObjectRef) -> None:
+        """Remove a file's sidecar, if it has one, and the folders it leaves empty."""
+        meta_path = self._meta_path(ref)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            os.unlink(meta_path)
+            _prune(os.path.dirname(meta_path), f"{self._meta_root}{os.sep}{ref.bucket}")
 
     async def fetch(self, ref: ObjectRef) -> tuple[ObjectInfo, ObjectStream]:
         """``head`` and ``open`` of the whole file in one thread hop (a small one read too)."""
@@ -215,7 +274,7 @@ class LocalBackend:
             st = os.fstat(file.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise FileNotFound("No such file.")
-            info = self._describe(st, describe) if describe is not None else None
+            info = self._describe(st, describe, file.fileno()) if describe is not None else None
             start, length = 0, st.st_size
             if byte_range is not None:
                 start = byte_range.start
@@ -268,9 +327,8 @@ class LocalBackend:
                 folders.append(key)
             else:
                 try:
-                    objects.append(
-                        self._describe(entry.stat(follow_symlinks=False), ObjectRef(bucket, key))
-                    )
+                    st = entry.stat(follow_symlinks=False)
+                    objects.append(self._describe(st, ObjectRef(bucket, key), entry.path))
                 except (FileNotFoundError, FileNotFound):  # deleted meanwhile
                     continue
             last = key
@@ -297,15 +355,12 @@ class LocalBackend:
             self._confine(fd, directory)
         finally:
             os.close(fd)
-        record = {
-            "file_name": obj.file_name,
-            "content_type": obj.content_type,
-            "metadata": dict(obj.metadata),
-            "crc32": crc32,
-        }
-        meta_path = self._meta_path(obj.ref)
-        os.makedirs(os.path.dirname(meta_path), exist_ok=True)
-        write_atomically(meta_path, json.dumps(record, ensure_ascii=False).encode())
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.keep_record(fd, obj.ref, _record(obj, crc32))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(source, path)
         fsync_dir(directory)
         st = os.stat(path)
@@ -322,7 +377,7 @@ class LocalBackend:
 
     async def put(self, obj: NewObject, body: AsyncIterable[Chunk]) -> ObjectInfo:
         path = self._path(obj.ref)
-        writer = _Writer(self, path, self._meta_path(obj.ref), obj)
+        writer = _Writer(self, path, obj)
         chunks = aiter(body)
         try:
             async with self._budget.holding() as held:
@@ -357,21 +412,18 @@ class LocalBackend:
                 self._confine(fd, path)
             finally:
                 os.close(fd)
-        bucket_dir = f"{self._root}{os.sep}{ref.bucket}"
-        meta_dir = f"{self._meta_root}{os.sep}{ref.bucket}"
-        for target, top in ((path, bucket_dir), (self._meta_path(ref), meta_dir)):
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                os.unlink(target)
-                _prune(os.path.dirname(target), top)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            os.unlink(path)
+            _prune(os.path.dirname(path), f"{self._root}{os.sep}{ref.bucket}")
+        self.forget_record(ref)
 
 
 class _Writer:
     """One upload's temporary file, CRC and commit; every method runs in a worker thread."""
 
-    def __init__(self, backend: LocalBackend, path: str, meta_path: str, obj: NewObject) -> None:
+    def __init__(self, backend: LocalBackend, path: str, obj: NewObject) -> None:
         self._backend = backend
         self._path = path
-        self._meta_path = meta_path
         self._obj = obj
         self._file: IO[bytes] | None = None
         self._temp = ""
@@ -403,15 +455,10 @@ class _Writer:
 
     def _commit(self) -> ObjectInfo:
         assert self._file is not None
-        os.fsync(self._file.fileno())
-        st = os.fstat(self._file.fileno())
-        record = {
-            "file_name": self._obj.file_name,
-            "content_type": self._obj.content_type,
-            "metadata": dict(self._obj.metadata),
-            "crc32": self.crc32,
-        }
-        write_atomically(self._meta_path, json.dumps(record, ensure_ascii=False).encode())
+        fd = self._file.fileno()
+        self._backend.keep_record(fd, self._obj.ref, _record(self._obj, self.crc32))
+        os.fsync(fd)
+        st = os.fstat(fd)
         os.replace(self._temp, self._path)
         self.pending = False
         self._file.close()
@@ -432,6 +479,8 @@ class _Writer:
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temp)
+        if not self._backend.xattrs:  # a sidecar may be in place already (keys are never reused)
+            self._backend.forget_record(self._obj.ref)
         self.pending = False
 
 
@@ -492,6 +541,16 @@ def _walk(
                 yield key, None
         elif after is None or key > after or after.startswith(key):
             yield from _walk(entry.path, key, "", after, recursive=True)
+
+
+def _record(obj: NewObject, crc32: int) -> bytes:
+    record = {
+        "file_name": obj.file_name,
+        "content_type": obj.content_type,
+        "metadata": dict(obj.metadata),
+        "crc32": crc32,
+    }
+    return json.dumps(record, ensure_ascii=False).encode()
 
 
 def _etag(crc32: int | None, st: os.stat_result) -> str:
