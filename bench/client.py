@@ -29,8 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import GiB, MiB, cpu_seconds, random_file
-from tests.servers import SeaweedFS, Service
+from bench.common import GiB, MiB, cpu_seconds, filegate, random_file, seaweedfs
+from tests.servers import Service
 from tests.test_client import client_command
 
 BUCKET = "client-bench"
@@ -201,11 +201,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="filegate-client-bench-") as tmp:
         work = Path(tmp)
         source = random_file(work / "source.bin", args.size_mib)
-        seaweed = SeaweedFS(work / "seaweedfs")
-        seaweed.start()
         results: dict[tuple[str, str], list[Run]] = {}
-        try:
-            seaweed.create_bucket(BUCKET)
+        with seaweedfs(work / "seaweedfs", BUCKET) as seaweed:
             for mode, service_env, limit in (
                 ("s3", seaweed.service_env(BUCKET), None),
                 ("local", {"LOCAL_ROOT": str(work / "data")}, None),
@@ -215,15 +212,9 @@ def main() -> None:
                     args.limit_mib,
                 ),
             ):
-                service = Service(service_env)
-                service.start(work)
-                try:
+                with filegate(service_env, work) as service:
                     for label, run in _transfers(service, work, source, args.runs, limit):
                         results.setdefault((mode, label), []).append(run)
-                finally:
-                    service.stop()
-        finally:
-            seaweed.stop()
     cpu = os.cpu_count()
     print(f"{args.size_mib} MiB, {cpu} cores, 1 worker, medians of {args.runs} runs (range)\n")
     print(

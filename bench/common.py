@@ -1,4 +1,5 @@
-"""What the benchmarks share: random files, timed curl, CPU time and peak RSS of a process."""
+"""What the benchmarks share: random files, timed curl, CPU time and peak RSS of a process, and
+the servers they run (SeaweedFS with a bucket, filegate, the FastDFS emulator)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.servers import HOST, free_ports
+from tests.servers import HOST, SeaweedFS, Service, free_ports
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -83,6 +84,29 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
     return total / 1024
+
+
+@contextmanager
+def seaweedfs(directory: Path, bucket: str) -> Iterator[SeaweedFS]:
+    """SeaweedFS with ``bucket`` created, stopped on the way out."""
+    seaweed = SeaweedFS(directory)
+    seaweed.start()
+    try:
+        seaweed.create_bucket(bucket)
+        yield seaweed
+    finally:
+        seaweed.stop()
+
+
+@contextmanager
+def filegate(env: dict[str, str], work: Path) -> Iterator[Service]:
+    """filegate as a process with ``env``, stopped on the way out."""
+    service = Service(env)
+    service.start(work)
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
 @contextmanager

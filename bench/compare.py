@@ -58,6 +58,7 @@ from bench.common import (
     peak_mib,
     random_file,
     reset_peak,
+    seaweedfs,
 )
 from bench.peer import Peer
 from tests.servers import ADMIN, HOST, SeaweedFS, Service, weed_binary
@@ -395,9 +396,10 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         random_file(work / "big.bin", args.size_mib)
         (work / "small.bin").write_bytes(os.urandom(args.small_kib * 1024))
-        with fastdfs_emulator(work / "fastdfs") as tracker:
-            seaweed = SeaweedFS(work / "seaweedfs")
-            seaweed.start()
+        with (
+            fastdfs_emulator(work / "fastdfs") as tracker,
+            seaweedfs(work / "seaweedfs", BUCKET) as seaweed,
+        ):
             bench = Bench(work, args)
             keys = json.dumps(
                 [{"name": "bench", "key": KEY, "scopes": ["read", "write", "delete"]}]
@@ -416,7 +418,6 @@ def main() -> None:
                 "peer": Peer(seaweed.endpoint, ADMIN, BUCKET),
             }
             try:
-                seaweed.create_bucket(BUCKET)
                 for side in sides.values():
                     side.start(work)
                 for run in range(args.runs):
@@ -425,7 +426,6 @@ def main() -> None:
             finally:
                 for side in sides.values():
                     side.stop()
-                seaweed.stop()
 
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     report = (

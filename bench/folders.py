@@ -22,7 +22,16 @@ from typing import Any
 
 import httpx
 
-from bench.common import GiB, cpu_seconds, curl, peak_mib, random_file, reset_peak
+from bench.common import (
+    GiB,
+    cpu_seconds,
+    curl,
+    filegate,
+    peak_mib,
+    random_file,
+    reset_peak,
+    seaweedfs,
+)
 from tests.fdfs_emulator import FastDFS
 from tests.servers import SeaweedFS, Service
 
@@ -85,74 +94,65 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="filegate-folders-") as tmp:
         work = Path(tmp)
-        seaweed = SeaweedFS(work / "seaweedfs")
-        seaweed.start()
         fastdfs = FastDFS(work / "fastdfs")
         fastdfs.serve_in_thread()
         try:
-            seaweed.create_bucket(BUCKET)
-            print(f"{args.objects} objects; {args.size_mib} MiB copied; 1 worker\n")
-            print("| mode | operation | seconds | CPU-s | peak RSS MiB | result |")
-            print("|---|---|---|---|---|---|")
-            local_root = work / "data"
-            arrange_s3(seaweed, args.objects)
-            arrange_local(local_root, args.objects)
-            for mode, env, prefix in (
-                ("s3", seaweed.service_env(BUCKET), f"s3:{BUCKET}/many/"),
-                ("local", {"LOCAL_ROOT": str(local_root)}, "local:files/many/"),
-            ):
-                service = Service(env)
-                service.start(work)
-                try:
-                    for label, run in (
-                        ("list everything (pages of 1000)", list_all),
-                        ("delete the folder", delete_folder),
-                    ):
-                        seconds, cpu, peak, result = measured(
-                            service, functools.partial(run, service, prefix)
-                        )
-                        print(f"| {mode} | {label} | {seconds:.2f} | {cpu:.2f} | {peak:.0f} | "
-                              f"{result} files |", flush=True)  # fmt: skip
-                finally:
-                    service.stop()
-            source = random_file(work / "big.bin", args.size_mib)
-            size_gib = source.stat().st_size / GiB
-            hybrid = {
-                **seaweed.service_env(BUCKET),
-                "STORAGE_MODE": "hybrid",
-                "FASTDFS_TRACKER_SERVERS": fastdfs.tracker_address,
-            }
-            service = Service(hybrid)
-            service.start(work)
-            try:
-                legacy_id = fastdfs_upload(fastdfs, source)
-
-                def move() -> str:
-                    answer = httpx.post(
-                        f"{service.url}/files/{legacy_id}/copy",
-                        json={"delete_source": True},
-                        timeout=1800,
-                    )
-                    answer.raise_for_status()
-                    file_id: str = answer.json()["file_id"]
-                    return file_id
-
-                seconds, cpu, peak, moved = measured(service, move)
-                print(f"| hybrid | move {args.size_mib} MiB FastDFS → S3 | {seconds:.2f} | "
-                      f"{cpu / size_gib:.2f} per GiB | {peak:.0f} | "
-                      f"{args.size_mib / seconds:.0f} MiB/s |", flush=True)  # fmt: skip
-                url = f"{service.url}/files/{moved}/download"
-                seconds, cpu, peak, _ = measured(
-                    service, functools.partial(curl, "-o", os.devnull, url)
-                )
-                print(f"| hybrid | download it from S3 | {seconds:.2f} | "
-                      f"{cpu / size_gib:.2f} per GiB | {peak:.0f} | "
-                      f"{args.size_mib / seconds:.0f} MiB/s |", flush=True)  # fmt: skip
-            finally:
-                service.stop()
+            with seaweedfs(work / "seaweedfs", BUCKET) as seaweed:
+                run_all(args, work, seaweed, fastdfs)
         finally:
             fastdfs.shutdown()
-            seaweed.stop()
+
+
+def run_all(args: argparse.Namespace, work: Path, seaweed: SeaweedFS, fastdfs: FastDFS) -> None:
+    print(f"{args.objects} objects; {args.size_mib} MiB copied; 1 worker\n")
+    print("| mode | operation | seconds | CPU-s | peak RSS MiB | result |")
+    print("|---|---|---|---|---|---|")
+    local_root = work / "data"
+    arrange_s3(seaweed, args.objects)
+    arrange_local(local_root, args.objects)
+    for mode, env, prefix in (
+        ("s3", seaweed.service_env(BUCKET), f"s3:{BUCKET}/many/"),
+        ("local", {"LOCAL_ROOT": str(local_root)}, "local:files/many/"),
+    ):
+        with filegate(env, work) as service:
+            for label, run in (
+                ("list everything (pages of 1000)", list_all),
+                ("delete the folder", delete_folder),
+            ):
+                seconds, cpu, peak, result = measured(
+                    service, functools.partial(run, service, prefix)
+                )
+                print(f"| {mode} | {label} | {seconds:.2f} | {cpu:.2f} | {peak:.0f} | "
+                      f"{result} files |", flush=True)  # fmt: skip
+    source = random_file(work / "big.bin", args.size_mib)
+    size_gib = source.stat().st_size / GiB
+    hybrid = {
+        **seaweed.service_env(BUCKET),
+        "STORAGE_MODE": "hybrid",
+        "FASTDFS_TRACKER_SERVERS": fastdfs.tracker_address,
+    }
+    with filegate(hybrid, work) as service:
+        legacy_id = fastdfs_upload(fastdfs, source)
+
+        def move() -> str:
+            answer = httpx.post(
+                f"{service.url}/files/{legacy_id}/copy",
+                json={"delete_source": True},
+                timeout=1800,
+            )
+            answer.raise_for_status()
+            file_id: str = answer.json()["file_id"]
+            return file_id
+
+        seconds, cpu, peak, moved = measured(service, move)
+        print(f"| hybrid | move {args.size_mib} MiB FastDFS → S3 | {seconds:.2f} | "
+              f"{cpu / size_gib:.2f} per GiB | {peak:.0f} | "
+              f"{args.size_mib / seconds:.0f} MiB/s |", flush=True)  # fmt: skip
+        url = f"{service.url}/files/{moved}/download"
+        seconds, cpu, peak, _ = measured(service, functools.partial(curl, "-o", os.devnull, url))
+        print(f"| hybrid | download it from S3 | {seconds:.2f} | "
+              f"{cpu / size_gib:.2f} per GiB | {peak:.0f} | "
+              f"{args.size_mib / seconds:.0f} MiB/s |", flush=True)  # fmt: skip
 
 
 def fastdfs_upload(fastdfs: FastDFS, source: Path) -> str:

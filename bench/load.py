@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from bench.common import MiB, peak_mib, random_file, reset_peak, rss_mib
-from tests.servers import SeaweedFS, Service
+from bench.common import MiB, filegate, peak_mib, random_file, reset_peak, rss_mib, seaweedfs
+from tests.servers import Service
 
 BUCKET = "load"
 
@@ -84,30 +84,21 @@ def main() -> None:
         work = Path(tmp)
         source = random_file(work / "source.bin", args.size_mib)
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
-        seaweed = SeaweedFS(work / "seaweedfs")
-        seaweed.start()
-        try:
-            seaweed.create_bucket(BUCKET)
+        with seaweedfs(work / "seaweedfs", BUCKET) as seaweed:
             print(f"{args.size_mib} MiB per transfer, 1 worker\n")
             for name, env in (
                 ("s3", seaweed.service_env(BUCKET)),
                 ("local", {"LOCAL_ROOT": str(work / "data")}),
             ):
-                service = Service(env)
-                service.start(work)
-                assert service.process is not None
-                print(f"## {name} (idle RSS {rss_mib(service.process.pid):.0f} MiB)\n")
-                print("| at once | transfer | peak RSS MiB | RSS after MiB | failed | MiB/s |")
-                print("|---|---|---|---|---|---|")
-                try:
+                with filegate(env, work) as service:
+                    assert service.process is not None
+                    print(f"## {name} (idle RSS {rss_mib(service.process.pid):.0f} MiB)\n")
+                    print("| at once | transfer | peak RSS MiB | RSS after MiB | failed | MiB/s |")
+                    print("|---|---|---|---|---|---|")
                     for count in levels:
                         for row in phase(service, source, count, digest):
                             print(row, flush=True)
-                finally:
-                    service.stop()
                 print()
-        finally:
-            seaweed.stop()
 
 
 if __name__ == "__main__":

@@ -23,8 +23,18 @@ from urllib.parse import quote
 import httpx
 from tusclient import client as tus_client
 
-from bench.common import GiB, MiB, cpu_seconds, curl, fastdfs_emulator, peak_mib, random_file
-from tests.servers import SeaweedFS, Service
+from bench.common import (
+    GiB,
+    MiB,
+    cpu_seconds,
+    curl,
+    fastdfs_emulator,
+    filegate,
+    peak_mib,
+    random_file,
+    seaweedfs,
+)
+from tests.servers import Service
 
 BUCKET = "tus-bench"
 TUS = ["-H", "Tus-Resumable: 1.0.0"]
@@ -74,10 +84,8 @@ def measure(
     env: dict[str, str], work: Path, source: Path, digest: str, how: Callable[[Service, Path], str]
 ) -> tuple[float, float, float]:
     """MiB/s, CPU-s/GiB and peak RSS MiB of one upload on a fresh filegate."""
-    service = Service(env)
-    service.start(work)
-    assert service.process is not None
-    try:
+    with filegate(env, work) as service:
+        assert service.process is not None
         pid = service.process.pid
         cpu = cpu_seconds(pid)
         start = time.perf_counter()
@@ -90,8 +98,6 @@ def measure(
             for chunk in answer.iter_bytes(MiB):
                 check.update(chunk)
         assert check.hexdigest() == digest, f"{how.__name__}: the stored file differs"
-    finally:
-        service.stop()
     size = source.stat().st_size
     return size / MiB / seconds, used / (size / GiB), peak
 
@@ -112,31 +118,25 @@ def main() -> None:
         work = Path(tmp)
         source = random_file(work / "source.bin", args.size_mib)
         digest = hashlib.file_digest(source.open("rb"), "sha256").hexdigest()
-        with fastdfs_emulator(work / "fastdfs") as tracker:
-            seaweed = SeaweedFS(work / "seaweedfs")
-            seaweed.start()
-            try:
-                seaweed.create_bucket(BUCKET)
-                print(f"{args.size_mib} MiB, 1 worker, a fresh filegate per upload\n")
-                print("| mode | upload | MiB/s | CPU-s/GiB | peak RSS MiB |")
-                print("|---|---|---|---|---|")
-                for mode, env in (
-                    ("s3", seaweed.service_env(BUCKET)),
-                    ("local", {"LOCAL_ROOT": str(work / "data")}),
-                    ("fastdfs", fastdfs_env(tracker, work)),
+        with (
+            fastdfs_emulator(work / "fastdfs") as tracker,
+            seaweedfs(work / "seaweedfs", BUCKET) as seaweed,
+        ):
+            print(f"{args.size_mib} MiB, 1 worker, a fresh filegate per upload\n")
+            print("| mode | upload | MiB/s | CPU-s/GiB | peak RSS MiB |")
+            print("|---|---|---|---|---|")
+            for mode, env in (
+                ("s3", seaweed.service_env(BUCKET)),
+                ("local", {"LOCAL_ROOT": str(work / "data")}),
+                ("fastdfs", fastdfs_env(tracker, work)),
+            ):
+                for label, how in (
+                    ("curl -T (plain)", plain),
+                    ("tus, one PATCH (curl)", one_patch),
+                    ("tus, tuspy 32 MiB chunks", tuspy),
                 ):
-                    for label, how in (
-                        ("curl -T (plain)", plain),
-                        ("tus, one PATCH (curl)", one_patch),
-                        ("tus, tuspy 32 MiB chunks", tuspy),
-                    ):
-                        rate, cpu, peak = measure(env, work, source, digest, how)
-                        print(
-                            f"| {mode} | {label} | {rate:.0f} | {cpu:.2f} | {peak:.0f} |",
-                            flush=True,
-                        )
-            finally:
-                seaweed.stop()
+                    rate, cpu, peak = measure(env, work, source, digest, how)
+                    print(f"| {mode} | {label} | {rate:.0f} | {cpu:.2f} | {peak:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
