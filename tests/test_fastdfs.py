@@ -415,3 +415,50 @@ def test_large_transfers_keep_memory_bounded(fastdfs: FastDFS, tmp_path: Path) -
         assert peak_mib < 150, f"peak RSS {peak_mib:.0f} MiB"
     finally:
         service.stop()
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_a_client_that_takes_nothing_holds_back_the_storage_not_memory(
+    fastdfs_service: Service, tmp_path: Path
+) -> None:
+    """docs/fastdfs.md, "Downloads": while the client reads nothing, a download holds at most two
+    1 MiB pieces and stops reading the storage's socket, so the storage server waits instead
+    of filegate's memory filling up. Then the client reads on and gets every byte."""
+    size = 192 * MiB
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(size))
+    file_id = fastdfs_service.upload(source, "big.bin")
+    url = f"{fastdfs_service.url}/files/{file_id}/download"
+    subprocess.run(["curl", "-sS", "-f", "-o", os.devnull, url], check=True)  # the heap's size
+    assert fastdfs_service.process is not None
+    pid = fastdfs_service.process.pid
+    before = _rss_mib(pid)
+
+    host, port = fastdfs_service.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        client.sendall(f"GET /files/{file_id}/download HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += client.recv(65536)
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        grown = 0.0
+        for _ in range(30):  # 3 s of taking nothing
+            time.sleep(0.1)
+            grown = max(grown, _rss_mib(pid) - before)
+        parts = [body]
+        got = len(body)
+        while got < size:
+            chunk = client.recv(MiB)
+            assert chunk, f"the download ended after {got} bytes"
+            parts.append(chunk)
+            got += len(chunk)
+    assert zlib.crc32(b"".join(parts)) == zlib.crc32(source.read_bytes())
+    assert grown < 24, f"RSS grew {grown:.0f} MiB while the client took nothing"
