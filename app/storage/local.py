@@ -121,7 +121,7 @@ class LocalBackend:
 
     def __init__(self, root: Path, budget: Budget, *, xattrs: bool | None = None) -> None:
         """``xattrs``: whether records go into extended attributes (True) or sidecars (False);
-        None finds out in ``check``."""
+        None finds out in ``check`` (``open_local_backend`` calls it), sidecars until then."""
         self._budget = budget
         self._root = str(root.resolve())
         self._inside = f"{self._root}{os.sep}"
