@@ -312,3 +312,52 @@ def test_a_client_that_stops_reading_is_cut_off(tmp_path: Path) -> None:
         assert curl("-f", "-o", "/dev/null", f"{service.url}/healthz").returncode == 0
     finally:
         service.stop()
+
+
+def _traced_fsyncs(pid: int, trace: Path, act: Callable[[], object]) -> list[str]:
+    """The paths filegate (every thread) fsyncs while ``act`` runs, seen by strace."""
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-qq", "-y", "-e", "trace=fsync", "-o", str(trace), "-p", str(pid)]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while "TracerPid:\t0" in Path(f"/proc/{pid}/status").read_text():
+            assert time.monotonic() < deadline, "strace did not attach"
+            time.sleep(0.05)
+        act()
+    finally:
+        tracer.terminate()
+        tracer.wait(timeout=10)
+    return [line.split("<", 1)[1].split(">", 1)[0] for line in trace.read_text().splitlines()
+            if "fsync(" in line and "<" in line]  # fmt: skip
+
+
+def test_an_upload_into_new_folders_makes_their_entries_durable(
+    local_service: Service, tmp_path: Path
+) -> None:
+    """Acknowledged means it survives a power loss: before the response, filegate fsyncs the
+    file (with its record), its folder, and the parent of every folder the upload created, so
+    no new folder's entry can be lost. A later upload into the same folder fsyncs only that
+    folder."""
+    assert local_service.process is not None
+    source = tmp_path / "a.txt"
+    source.write_bytes(b"durable")
+    url = f"{local_service.url}/files/upload"
+    uploaded: list[str] = []
+
+    def upload() -> None:
+        answer = curl_json("-F", "folder=x/y/z", "-F", f"file=@{source}", url)
+        uploaded.append(str(answer["file_id"]))
+
+    curl_json("-F", f"file=@{source}", url)  # the bucket's folder exists from now on
+    files = tmp_path / "data" / "files"
+    first = _traced_fsyncs(local_service.process.pid, tmp_path / "one.trace", upload)
+    assert uploaded[0].startswith("local:files/x/y/z/")
+    assert [p for p in first if os.path.basename(p).startswith(".filegate-tmp-")]  # the file
+    folders = [str(files / "x/y/z"), str(files / "x/y"), str(files / "x"), str(files)]
+    inside = f"{files / 'x/y/z'}/"
+    assert sorted(p for p in first if not p.startswith(inside)) == sorted(folders)
+
+    second = _traced_fsyncs(local_service.process.pid, tmp_path / "two.trace", upload)
+    assert [p for p in second if not p.startswith(inside)] == folders[:1]
+    assert (files / uploaded[1].removeprefix("local:files/")).read_bytes() == b"durable"

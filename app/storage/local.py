@@ -236,9 +236,10 @@ class LocalBackend:
             os.setxattr(fd, XATTR, record)
             return
         meta_path = self._meta_path(ref)
-        os.makedirs(os.path.dirname(meta_path), exist_ok=True)
+        made = make_dirs(os.path.dirname(meta_path))
         write_atomically(meta_path, record)
-        fsync_dir(os.path.dirname(meta_path))
+        for directory in (os.path.dirname(meta_path), *made):
+            fsync_dir(directory)
 
     def forget_record(self, ref: ObjectRef) -> None:
         """Remove a file's sidecar, if it has one, and the folders it leaves empty."""
@@ -349,7 +350,7 @@ class LocalBackend:
         (a finished resumable upload); runs in a worker thread."""
         path = self._path(obj.ref)
         directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
+        made = make_dirs(directory)
         fd = os.open(directory, _O_PATH | os.O_CLOEXEC)
         try:
             self._confine(fd, directory)
@@ -362,7 +363,8 @@ class LocalBackend:
         finally:
             os.close(fd)
         os.replace(source, path)
-        fsync_dir(directory)
+        for changed in (directory, *made):
+            fsync_dir(changed)
         st = os.stat(path)
         return ObjectInfo(
             ref=obj.ref,
@@ -427,13 +429,15 @@ class _Writer:
         self._obj = obj
         self._file: IO[bytes] | None = None
         self._temp = ""
+        self._made: list[str] = []
+        """Directories whose entries this upload changed by creating folders in them."""
         self.crc32 = 0
         self.pending = False
         """A temporary file exists that is not in place yet."""
 
     def begin(self, batch: list[bytes]) -> None:
         directory = os.path.dirname(self._path)
-        fd, self._temp = _create_temp(directory)
+        fd, self._temp, self._made = _create_temp(directory)
         self.pending = True
         self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed by commit or discard
         self._backend._confine(fd, directory)
@@ -462,7 +466,8 @@ class _Writer:
         os.replace(self._temp, self._path)
         self.pending = False
         self._file.close()
-        fsync_dir(os.path.dirname(self._path))
+        for directory in (os.path.dirname(self._path), *self._made):
+            fsync_dir(directory)
         return ObjectInfo(
             ref=self._obj.ref,
             size=st.st_size,
@@ -564,20 +569,35 @@ def _etag(crc32: int | None, st: os.stat_result) -> str:
 _temp_names = itertools.count()
 
 
-def _create_temp(directory: str) -> tuple[int, str]:
-    """A new hidden temporary file in ``directory`` (created with its parents if missing)."""
+def _create_temp(directory: str) -> tuple[int, str, list[str]]:
+    """A new hidden temporary file in ``directory`` (created with its parents if missing), and
+    the directories ``make_dirs`` changed on the way."""
+    made: list[str] = []
     while True:
         name = f"{directory}{os.sep}{TMP_PREFIX}{os.getpid()}-{next(_temp_names)}"
         try:
-            return os.open(name, _O_TEMP, 0o600), name
+            return os.open(name, _O_TEMP, 0o600), name, made
         except FileNotFoundError:  # rare: the first file in a new folder
-            os.makedirs(directory, exist_ok=True)
+            made += make_dirs(directory)
         except FileExistsError:  # left by a crashed process that had our pid
             continue
 
 
+def make_dirs(directory: str) -> list[str]:
+    """Create ``directory`` with its missing parents; returns the directories that gained an
+    entry (the parent of each one created). A file in a new folder is durable only once these
+    are fsynced too: the folder's own entry must survive a power loss as well."""
+    missing: list[str] = []
+    current = directory
+    while not os.path.isdir(current) and os.path.dirname(current) != current:
+        missing.append(current)
+        current = os.path.dirname(current)
+    os.makedirs(directory, exist_ok=True)
+    return [os.path.dirname(created) for created in missing]
+
+
 def write_atomically(path: str, data: bytes) -> None:
-    fd, name = _create_temp(os.path.dirname(path))
+    fd, name, _ = _create_temp(os.path.dirname(path))
     try:
         with open(fd, "wb") as file:
             file.write(data)

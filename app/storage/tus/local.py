@@ -26,7 +26,7 @@ import anyio.to_thread
 from app.errors import OffsetMismatch, UploadLocked, UploadNotFound
 from app.storage.base import Chunk
 from app.storage.crc import crc32
-from app.storage.local import LocalBackend, fsync_dir, write_atomically
+from app.storage.local import LocalBackend, fsync_dir, make_dirs, write_atomically
 from app.storage.tus.engine import Body, TusState, hex_id, keeps_partial
 
 TUS_DIR = ".filegate-tus"
@@ -52,12 +52,13 @@ class LocalTusStore:
         await _run(self._create, state)
 
     def _create(self, state: TusState) -> None:
-        os.makedirs(self._dir, exist_ok=True)
+        made = make_dirs(self._dir)
         state_path, data_path = self._paths(state.id)
         state.store = {"crc32": 0}
         os.close(os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         write_atomically(state_path, state.dump())
-        fsync_dir(self._dir)
+        for directory in (self._dir, *made):
+            fsync_dir(directory)
 
     async def load(self, upload_id: str) -> TusState:
         return await _run(self._load, upload_id)
