@@ -11,6 +11,7 @@ import os
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from app.errors import FileNotFound, FileTooLarge
 from app.settings import Settings
 from app.storage.base import (
     Backend,
+    BatchDeleter,
     ByteRange,
     ChecksumReader,
     Fetcher,
@@ -145,6 +147,23 @@ async def test_delete_removes_the_object(backend: Backend, storage: Storage) -> 
     with pytest.raises(FileNotFound):
         await backend.head(info.ref)
     await backend.delete(info.ref)
+    assert await storage.keys() == []
+
+
+@pytest.mark.parametrize("storage", ["local", "local-sidecar", "s3"], indirect=True)
+async def test_delete_many_removes_every_key(backend: Backend, storage: Storage) -> None:
+    """Backends that delete many keys in one call (S3's DeleteObjects, the local disk's one
+    thread hop; FastDFS deletes one file per request): every key goes, nested folders too, and
+    a missing key is no failure."""
+    assert isinstance(backend, BatchDeleter)
+    keys = []
+    for name in ("a.bin", "x/b.bin", "x/y/c.bin"):
+        obj = new(storage, name.rsplit("/", 1)[-1])
+        folder = name.rpartition("/")[0]
+        ref = ObjectRef(storage.bucket, f"{folder}/{obj.ref.key}" if folder else obj.ref.key)
+        keys.append((await backend.put(replace(obj, ref=ref), chunks(b"many"))).ref.key)
+    failed = await backend.delete_many(storage.bucket, [*keys, "0123456789abcdef_missing.bin"])
+    assert failed == {}
     assert await storage.keys() == []
 
 

@@ -361,3 +361,38 @@ def test_an_upload_into_new_folders_makes_their_entries_durable(
     second = _traced_fsyncs(local_service.process.pid, tmp_path / "two.trace", upload)
     assert [p for p in second if not p.startswith(inside)] == folders[:1]
     assert (files / uploaded[1].removeprefix("local:files/")).read_bytes() == b"durable"
+
+
+def test_a_delete_holds_after_a_power_loss_with_one_fsync_per_folder(
+    local_service: Service, tmp_path: Path
+) -> None:
+    """A delete answers once the directory that lost the entry is fsynced, so the file cannot
+    come back after a power loss. A batch fsyncs each such directory once: two files whose
+    folders both empty out cost one fsync, of the folder above them."""
+    assert local_service.process is not None
+    pid = local_service.process.pid
+    source = tmp_path / "a.txt"
+    source.write_bytes(b"soon gone")
+    url = local_service.url
+
+    def upload(folder: str) -> str:
+        return str(curl_json("-F", f"folder={folder}", "-F", f"file=@{source}",
+                             f"{url}/files/upload")["file_id"])  # fmt: skip
+
+    keep, first, second, third = upload("p"), upload("p/q"), upload("p/q"), upload("p/r")
+    files = tmp_path / "data" / "files"
+
+    def delete_one() -> None:
+        assert curl_json("-X", "DELETE", f"{url}/files/{first}")["detail"] == "deleted"
+
+    assert _traced_fsyncs(pid, tmp_path / "one.trace", delete_one) == [str(files / "p/q")]
+
+    def delete_two() -> None:
+        body = json.dumps({"file_ids": [second, third]})
+        answer = curl_json("-H", "Content-Type: application/json", "--data-binary", body,
+                           f"{url}/files/batch-delete")  # fmt: skip
+        assert answer["deleted"] == [second, third]
+
+    assert _traced_fsyncs(pid, tmp_path / "two.trace", delete_two) == [str(files / "p")]
+    assert stored_files(files) == [keep.removeprefix("local:files/")]
+    assert not (files / "p/q").exists() and not (files / "p/r").exists()

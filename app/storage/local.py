@@ -408,16 +408,58 @@ class LocalBackend:
             raise _translate(exc) from exc
 
     def _delete(self, path: str, ref: ObjectRef) -> None:
+        changed = self._unlink(path, ref)
+        if changed is not None:
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another delete
+                fsync_dir(changed)
+
+    async def delete_many(self, bucket: str, keys: list[str]) -> dict[str, str]:
+        """Delete many files in one thread hop, then fsync each directory that lost entries
+        once: a folder's worth of deletes costs a few fsyncs, not one per file. Returns the
+        keys that failed, with the reason."""
+        try:
+            return await _run(self._delete_many, bucket, keys)
+        except OSError as exc:
+            raise _translate(exc) from exc
+
+    def _delete_many(self, bucket: str, keys: list[str]) -> dict[str, str]:
+        failed: dict[str, str] = {}
+        changed: set[str] = set()
+        for key in keys:
+            ref = ObjectRef(bucket, key)
+            try:
+                directory = self._unlink(self._path(ref), ref)
+            except FileNotFound:  # a temporary file's name: nothing to delete
+                continue
+            except FilegateError as exc:
+                failed[key] = exc.detail
+                continue
+            except OSError as exc:
+                failed[key] = _translate(exc).detail
+                continue
+            if directory is not None:
+                changed.add(directory)
+        for directory in changed:
+            with contextlib.suppress(FileNotFoundError):  # removed for a later key, whose
+                fsync_dir(directory)  # parent is in ``changed`` then
+        return failed
+
+    def _unlink(self, path: str, ref: ObjectRef) -> str | None:
+        """Remove the file, its record and the folders it leaves empty. Returns the directory
+        that lost an entry (the file's, or the parent of the last folder removed), which must be
+        fsynced for the delete to hold after a power loss; None when there was no file."""
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             fd = os.open(path, _O_PATH | os.O_CLOEXEC)
             try:
                 self._confine(fd, path)
             finally:
                 os.close(fd)
+        changed = None
         with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
             os.unlink(path)
-            _prune(os.path.dirname(path), f"{self._root}{os.sep}{ref.bucket}")
+            changed = _prune(os.path.dirname(path), f"{self._root}{os.sep}{ref.bucket}")
         self.forget_record(ref)
+        return changed
 
 
 class _Writer:
@@ -504,16 +546,17 @@ async def _gather(chunks: AsyncIterator[Chunk], held: Held) -> tuple[list[Chunk]
     return batch, False
 
 
-def _prune(directory: str, top: str) -> None:
+def _prune(directory: str, top: str) -> str:
     """Remove ``directory`` and its parents below ``top`` while they are empty (a folder
-    exists only while it holds files, as on S3). An upload into a folder removed meanwhile
-    creates it again (``_create_temp``)."""
+    exists only while it holds files, as on S3); returns the first one left, which lost an
+    entry. An upload into a folder removed meanwhile creates it again (``_create_temp``)."""
     while directory.startswith(f"{top}{os.sep}"):
         try:
             os.rmdir(directory)
         except OSError:  # not empty (or gone): stop
-            return
+            return directory
         directory = os.path.dirname(directory)
+    return directory
 
 
 def _walk(
