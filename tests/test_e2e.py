@@ -9,10 +9,12 @@ import socket
 import subprocess
 import sys
 import time
+from base64 import b64encode
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import pytest
 
 from tests.conftest import created_bucket, s3_admin
@@ -361,6 +363,33 @@ def test_an_upload_into_new_folders_makes_their_entries_durable(
     second = _traced_fsyncs(local_service.process.pid, tmp_path / "two.trace", upload)
     assert [p for p in second if not p.startswith(inside)] == folders[:1]
     assert (files / uploaded[1].removeprefix("local:files/")).read_bytes() == b"durable"
+
+    # A resumable upload's last PATCH moves the file into its folder the same way.
+    metadata = f"filename {b64encode(b't.txt').decode()},folder {b64encode(b't/u').decode()}"
+    tus = {"Tus-Resumable": "1.0.0"}
+    created = httpx.post(
+        f"{local_service.url}/files/tus",
+        headers={**tus, "Upload-Length": "7", "Upload-Metadata": metadata},
+    )
+    assert created.status_code == 201, created.text
+    location = created.headers["location"]
+
+    def patch() -> None:
+        answer = httpx.patch(
+            location,
+            content=b"durable",
+            headers={
+                **tus,
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
+        assert answer.status_code == 204, answer.text
+
+    third = _traced_fsyncs(local_service.process.pid, tmp_path / "three.trace", patch)
+    new_folders = [str(files / "t/u"), str(files / "t"), str(files)]
+    assert sorted(p for p in third if p.startswith(str(files))) == sorted(new_folders)
+    assert [p.read_bytes() for p in (files / "t/u").iterdir()] == [b"durable"]
 
 
 def test_a_delete_holds_after_a_power_loss_with_one_fsync_per_folder(
