@@ -222,11 +222,17 @@ class Service:
         return file_id
 
     def peak_rss_kib(self) -> int:
+        return self._status_kib("VmHWM:")
+
+    def rss_kib(self) -> int:
+        return self._status_kib("VmRSS:")
+
+    def _status_kib(self, field: str) -> int:
         assert self.process is not None
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1])
-        raise RuntimeError("no VmHWM")
+        raise RuntimeError(f"no {field}")
 
     def stop(self) -> None:
         if self.process is not None:

@@ -417,13 +417,6 @@ def test_large_transfers_keep_memory_bounded(fastdfs: FastDFS, tmp_path: Path) -
         service.stop()
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
 def test_a_client_that_takes_nothing_holds_back_the_storage_not_memory(
     fastdfs_service: Service, tmp_path: Path
 ) -> None:
@@ -436,9 +429,7 @@ def test_a_client_that_takes_nothing_holds_back_the_storage_not_memory(
     file_id = fastdfs_service.upload(source, "big.bin")
     url = f"{fastdfs_service.url}/files/{file_id}/download"
     subprocess.run(["curl", "-sS", "-f", "-o", os.devnull, url], check=True)  # the heap's size
-    assert fastdfs_service.process is not None
-    pid = fastdfs_service.process.pid
-    before = _rss_mib(pid)
+    before = fastdfs_service.rss_kib() / 1024
 
     host, port = fastdfs_service.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as client:
@@ -452,7 +443,7 @@ def test_a_client_that_takes_nothing_holds_back_the_storage_not_memory(
         grown = 0.0
         for _ in range(30):  # 3 s of taking nothing
             time.sleep(0.1)
-            grown = max(grown, _rss_mib(pid) - before)
+            grown = max(grown, fastdfs_service.rss_kib() / 1024 - before)
         parts = [body]
         got = len(body)
         while got < size:
