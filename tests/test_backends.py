@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import FileNotFound, FileTooLarge
+from app.errors import FilegateError, FileNotFound, FileTooLarge
 from app.settings import Settings
 from app.storage.base import (
     Backend,
@@ -244,3 +244,18 @@ async def test_local_files_with_sidecars_keep_their_records(tmp_path: Path) -> N
     await new_backend.delete(ref)
     assert await storage.keys() == []
     assert list((root / ".filegate-meta" / "files").iterdir()) == []  # as the bucket keeps its own
+
+
+async def test_a_local_upload_that_fails_at_its_rename_leaves_no_sidecar(tmp_path: Path) -> None:
+    """With sidecars, the record is in place before the file's rename; if that rename fails
+    (here: a folder already has the file's name), the upload fails and its sidecar goes too."""
+    root = tmp_path / "data"
+    storage = Storage("local", "local", "files", root=root)
+    backend = LocalBackend(root, Budget(MiB, 1), xattrs=False)
+    await backend.check()
+    obj = new(storage, "taken.bin")
+    (root / "files" / obj.ref.key).mkdir(parents=True)
+    (root / "files" / obj.ref.key / "inside").write_bytes(b"in the way")
+    with pytest.raises(FilegateError):
+        await backend.put(obj, chunks(b"never stored"))
+    assert await storage.keys() == [f"{obj.ref.key}/inside"]
