@@ -29,12 +29,15 @@ class FilegateError(Exception):
         file_id: str | None = None,
         file_ids: list[str] | None = None,
         backend: str | None = None,
+        field: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.file_id = file_id
         self.file_ids = file_ids
         self.backend = backend
+        self.field = field
+        """The request field that broke a rule (``app.text``), when one did."""
         """The backend whose operation failed, when one did (metrics and logs)."""
 
     def headers(self) -> dict[str, str]:
@@ -54,6 +57,13 @@ class InvalidFileType(InvalidArgument):
     """The extension is blacklisted, or missing from a non-empty whitelist."""
 
     code = "invalid_file_type"
+
+
+class StorageRefused(InvalidArgument):
+    """The storage refused the request as invalid: an S3 4xx that filegate did not expect (the
+    text rules stop what is known to be refused before it is sent; this is the net below them)."""
+
+    blames_backend = True
 
 
 class Unauthorized(FilegateError):
@@ -134,6 +144,32 @@ class RequestTimeout(FilegateError):
 
     def headers(self) -> dict[str, str]:
         return {"Connection": "close"}
+
+
+class MalformedRequest(FilegateError):
+    """A request the HTTP server cannot parse (a NUL in the URL, a control character in a header
+    value): answered by the server layer (``app.server``), before any route."""
+
+    status_code = 400
+    code = "malformed_request"
+    description = "The request is not valid HTTP"
+
+
+class UrlTooLong(FilegateError):
+    """A request line over ``MAX_REQUEST_LINE`` (``app.server``)."""
+
+    status_code = 414
+    code = "url_too_long"
+    description = "The URL is too long"
+
+
+class HeadersTooLarge(FilegateError):
+    """A header over ``MAX_HEADER_SIZE``, a head over ``MAX_HEADERS_SIZE`` or more headers than
+    ``MAX_HEADER_COUNT`` (``app.server``)."""
+
+    status_code = 431
+    code = "headers_too_large"
+    description = "Request headers too large"
 
 
 class ClientGone(FilegateError):

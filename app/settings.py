@@ -89,6 +89,10 @@ class Settings(BaseSettings):
 
     client_header_timeout: float = Field(default=10, gt=0)
     max_connections: int = Field(default=4096, gt=0)
+    max_request_line: ByteSize = Field(default=ByteSize(8 * 1024), ge=1024)
+    max_header_size: ByteSize = Field(default=ByteSize(8 * 1024), ge=1024)
+    max_headers_size: ByteSize = Field(default=ByteSize(64 * 1024), ge=4 * 1024)
+    max_header_count: int = Field(default=100, ge=16)
 
     max_batch_files: int = Field(default=100, gt=0)
     upload_memory: ByteSize = ByteSize(64 * 1024 * 1024)

@@ -1,6 +1,7 @@
 """Where filegate relies on a dependency's internals, a change to them fails here first.
 
-uvicorn's HTTP protocol is extended by app/server.py (a head timeout and a connection cap),
+uvicorn's HTTP protocol is extended by app/server.py (a head timeout, a connection cap, bounded
+heads and JSON refusals),
 aiohttp's ``SKIP_WRITELINES`` is cleared under uvloop (app/storage/s3/client.py), stream-zip's
 ``zlib`` is zlib-ng (app/storage/zipwriter.py), and
 aiofdfs is used below its public client (docs/fastdfs.md, "How filegate uses aiofdfs"): our
@@ -47,6 +48,12 @@ RELIED_ON = {
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_message_begin": "96d377fdc7c2baef",
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_headers_complete": "1ea8589acfad92d8",
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.connection_lost": "c91a4c9bf2e29c55",
+    # ... and bounds the head in these (the URL, each header, bytes of an unfinished head), and
+    # answers in JSON where uvicorn answers a request it cannot parse.
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.data_received": "010a7ae59a5d3b1a",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_url": "37be44e962b04ca8",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_header": "65d62c044f61fdbd",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.send_400_response": "ae5a4a3782b646fd",
     # app/storage/s3/client.py: SKIP_WRITELINES decides here whether head and body are joined.
     "aiohttp.http_writer:StreamWriter._writelines": "7269c41caab2c306",
     # app/storage/zipwriter.py: stream-zip's CRC-32s come from its module's ``zlib``.
