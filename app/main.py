@@ -118,6 +118,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "No API keys configured (API_KEYS, API_KEYS_FILE): "
                     "anyone who can reach this service may read, write and delete files."
                 )
+            if not settings.file_whitelist and not settings.file_blacklist:
+                log.warning(
+                    "Files of every type are accepted (FILE_BLACKLIST and FILE_WHITELIST are "
+                    "empty): set FILE_BLACKLIST=exe,bat,cmd,com,scr to refuse executables."
+                )
             service = FileService(routes, policy, zip_limits, timeout=settings.backend_timeout)
             resumable = open_tus(settings, service)
             if resumable is not None:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 from tusclient import client as tus_client
@@ -65,7 +65,7 @@ def one_patch(service: Service, source: Path) -> str:
         "-X", "PATCH", "-T", str(source), *TUS, "-H", "Upload-Offset: 0",
         "-H", "Content-Type: application/offset+octet-stream", url,
     )  # fmt: skip
-    return httpx.head(url, headers={"Tus-Resumable": "1.0.0"}).headers["file-id"]
+    return unquote(httpx.head(url, headers={"Tus-Resumable": "1.0.0"}).headers["file-id"])
 
 
 def tuspy(service: Service, source: Path) -> str:
@@ -77,7 +77,7 @@ def tuspy(service: Service, source: Path) -> str:
         uploader.upload()
         url = uploader.url
     assert url is not None
-    return httpx.head(url, headers={"Tus-Resumable": "1.0.0"}).headers["file-id"]
+    return unquote(httpx.head(url, headers={"Tus-Resumable": "1.0.0"}).headers["file-id"])
 
 
 def measure(

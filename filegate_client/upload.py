@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 
@@ -168,7 +168,7 @@ class Uploader:
                 offset = int(head.headers["upload-offset"])
                 if "file-id" in head.headers:  # finished in a run that did not hear the answer
                     self.state.drop(key)
-                    return self.api.info(head.headers["file-id"])
+                    return self.api.info(unquote(head.headers["file-id"]))
                 self.bars.say(f"{item.path.name}: resuming at {offset:,} of {item.size:,} bytes")
             else:
                 url = None
@@ -203,7 +203,7 @@ class Uploader:
                 offset = int(answer.headers["upload-offset"])
                 if "file-id" in answer.headers:
                     self.state.drop(key)
-                    return self.api.info(answer.headers["file-id"])
+                    return self.api.info(unquote(answer.headers["file-id"]))
 
     def _create(self, item: Item) -> str:
         meta = {"filename": item.path.name}

@@ -214,13 +214,13 @@ TUS_SCRIPT = """
     chunkSize: 4 * 1024 * 1024,
     retryDelays: [250, 500, 1000, 1000, 2000, 2000, 2000, 3000, 3000, 3000, 5000, 5000],
     headers: {"X-API-Key": key},
-    metadata: {filename: "from the browser.bin", filetype: "application/octet-stream",
+    metadata: {filename: "Отчёт из браузера.bin", filetype: "application/octet-stream",
                folder: "browser"},
     onProgress: (sent) => { window.state.progress = sent; },
     onShouldRetry: () => { window.state.retries += 1; return true; },
     onAfterResponse: (req, res) => {
-      const id = res.getHeader("File-Id");
-      if (id) window.state.fileId = id;
+      const id = res.getHeader("File-Id");  // percent-encoded, as in a URL (docs/tus.md)
+      if (id) window.state.fileId = decodeURIComponent(id);
     },
     onSuccess: () => { window.state.done = true; },
     onError: (error) => { window.state.error = String(error); },
@@ -241,7 +241,8 @@ async def test_tus_js_client_resumes_after_the_server_is_killed(
 ) -> None:
     """A page uploads 30 MiB with tus-js-client at 4 MiB/s (Chromium's own throttling); filegate
     is killed (SIGKILL) a third of the way and started again on the same port; the client
-    retries, asks where to resume, and completes. The stored file is byte-identical."""
+    retries, asks where to resume, and completes. The stored file is byte-identical, and the page
+    reads its id, with a non-ASCII name, from the percent-encoded ``File-Id``."""
     site = Path(tmp_path / "site")
     shutil.copy(tus_js, site / "tus.min.js")
     (site / "tus.html").write_text('<!doctype html><script src="tus.min.js"></script>')
@@ -276,6 +277,6 @@ async def test_tus_js_client_resumes_after_the_server_is_killed(
     assert state["error"] is None, state
     assert state["retries"] >= 1, state
     file_id = state["fileId"]
-    assert file_id.startswith("local:files/browser/") and file_id.endswith("_from the browser.bin")
+    assert file_id.startswith("local:files/browser/") and file_id.endswith("_Отчёт из браузера.bin")
     stored = tmp_path / "data" / "files" / file_id.removeprefix("local:files/")
     assert stored.read_bytes() == expected

@@ -82,7 +82,7 @@ async def admit_download(
     principal may read this one file only. (One dependency: each one costs time per request.)"""
     parsed = parse_file_id(file_id)
     if query.filename is not None:
-        check_file_name(query.filename)
+        check_file_name(query.filename, "filename")
     if query.expires is None and query.signature is None:
         principal = keyring_of(request).authenticate(presented_key(request.headers))
     elif query.expires is None or query.signature is None:
@@ -200,10 +200,11 @@ async def create_link(
         )
     if body.expires_in > limit:
         raise InvalidArgument(f"expires_in may be at most {limit} s.")
-    if body.filename:
-        check_file_name(body.filename)
+    filename = body.filename or None  # "" names nothing: the file's own name
+    if filename is not None:
+        check_file_name(filename, "filename")
     stored = await files.info(principal, file_id)
-    name = body.filename or stored.name
+    name = filename or stored.name
     expires = int(time.time()) + body.expires_in
     if body.direct:
         media_type = content_type_for(name, stored.info.content_type)
@@ -215,6 +216,6 @@ async def create_link(
             content_type=media_type,
         )
     else:
-        terms = LinkTerms(str(stored.file_id), expires, body.filename, body.inline)
+        terms = LinkTerms(str(stored.file_id), expires, filename, body.inline)
         url = signer.url(terms, str(request.base_url))
     return Link(url=url, expires_at=datetime.fromtimestamp(expires, UTC))

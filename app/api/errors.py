@@ -51,8 +51,19 @@ def declare(*errors: type[FilegateError]) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def _echoed(text: str) -> str:
+    """An id as the client sent it, with what UTF-8 cannot carry (a lone surrogate) as '?'."""
+    return text if text.isascii() else text.encode(errors="replace").decode()
+
+
 def _body(exc: FilegateError) -> dict[str, Any]:
-    body = ErrorBody(detail=exc.detail, code=exc.code, file_id=exc.file_id, file_ids=exc.file_ids)
+    body = ErrorBody(
+        detail=exc.detail,
+        code=exc.code,
+        field=exc.field,
+        file_id=None if exc.file_id is None else _echoed(exc.file_id),
+        file_ids=None if exc.file_ids is None else [_echoed(i) for i in exc.file_ids],
+    )
     return body.model_dump(exclude_none=True)
 
 

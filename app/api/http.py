@@ -48,16 +48,25 @@ def parse_range(header: str, size: int) -> ByteRange | None:
     first, last = match.group(1), match.group(2)
     unsatisfiable = RangeNotSatisfiable("The range lies outside the file.", size=size)
     if first == "":
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
             raise unsatisfiable
         return ByteRange(max(size - suffix, 0), size - 1)
-    start = int(first)
-    if last != "" and int(last) < start:
+    start = _position(first)
+    if last != "" and _position(last) < start:
         raise InvalidArgument("Malformed Range header: the end is before the start.")
     if start >= size:
         raise unsatisfiable
-    return ByteRange(start, size - 1 if last == "" else min(int(last), size - 1))
+    return ByteRange(start, size - 1 if last == "" else min(_position(last), size - 1))
+
+
+_BEYOND_ANY_FILE = 10**18
+"""A position of 19 or more digits, as far as ranges go (Python refuses ``int`` of a number over
+4,300 digits, and no file is 10^18 bytes)."""
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) < 19 else _BEYOND_ANY_FILE
 
 
 def _etags(header: str) -> list[str]:

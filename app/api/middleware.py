@@ -21,9 +21,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import body_of
-from app.errors import RequestTimeout
+from app.errors import FilegateError, RequestTimeout
 from app.logs import request_id
 from app.metrics import Metrics
+from app.text import refuse, url_is_utf8
 
 log = logging.getLogger("app.access")
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -133,7 +134,11 @@ class RequestMiddleware:
         watchdog = _Watchdog(task, self.client_timeout)
         try:
             try:
-                await self.app(scope, counting_receive, tagging_send)
+                if _utf8_url(scope):
+                    await self.app(scope, counting_receive, tagging_send)
+                else:
+                    malformed = refuse("url", "is not valid UTF-8 once percent-decoded")
+                    status = await _answer(tagging_send, malformed)
             except asyncio.CancelledError:
                 if watchdog.expired is None or task.uncancel() > 0:
                     raise  # not ours: the server is shutting down
@@ -178,8 +183,14 @@ class RequestMiddleware:
             request_id.reset(token)
 
 
-async def _answer(send: Send, problem: RequestTimeout) -> int:
-    """The 408 for a request abandoned before its response began (the rest was rolled back)."""
+def _utf8_url(scope: Scope) -> bool:
+    """Whether path and query decode to UTF-8 (the server would hand on U+FFFD in their place)."""
+    return url_is_utf8(scope.get("raw_path") or b"") and url_is_utf8(scope["query_string"])
+
+
+async def _answer(send: Send, problem: FilegateError) -> int:
+    """An answer before the application's: the 408 for a request abandoned before its response
+    began (the rest was rolled back), or the 400 for a URL that is not UTF-8."""
     content = body_of(problem)
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", b"application/json"),

@@ -17,8 +17,12 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import InvalidArgument
 from app.storage.base import Chunk
+from app.text import utf8
 
 MAX_TEXT_FIELD = 64 * 1024
+MAX_PART_HEADER = 8 * 1024
+"""A part's header line, as nginx bounds a request's (a filename is at most 200 bytes)."""
+MAX_PART_HEADERS = 16
 
 EventKind = Literal["part", "data", "end", "done"]
 
@@ -28,13 +32,6 @@ class FormPart:
     name: str
     filename: str | None
     content_type: str | None
-
-
-def _text(raw: bytes) -> str:
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
 
 
 class FormStream:
@@ -71,13 +68,22 @@ class FormStream:
 
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._field += data[start:end]
+        self._bound(self._field)
 
     def _on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._value += data[start:end]
+        self._bound(self._value)
 
     def _on_header_end(self) -> None:
+        if len(self._headers) >= MAX_PART_HEADERS:
+            raise InvalidArgument(f"A form part has more than {MAX_PART_HEADERS} headers.")
         self._headers[self._field.decode("latin-1").lower()] = self._value
         self._field = self._value = b""
+
+    @staticmethod
+    def _bound(text: bytes) -> None:
+        if len(text) > MAX_PART_HEADER:
+            raise InvalidArgument(f"A form part's header is longer than {MAX_PART_HEADER} bytes.")
 
     def _on_headers_finished(self) -> None:
         self._events.append(("part", dict(self._headers)))
@@ -111,9 +117,9 @@ class FormStream:
             filename = options.get(b"filename")
             self._in_part = True
             yield FormPart(
-                name=_text(options[b"name"]),
-                filename=None if filename is None else _text(filename),
-                content_type=None if content_type is None else _text(content_type),
+                name=utf8(options[b"name"], "form_field"),
+                filename=None if filename is None else utf8(filename, "file_name"),
+                content_type=utf8(content_type, "content_type") if content_type else None,
             )
             async for _ in self.data():
                 pass  # skip whatever the consumer left unread
@@ -136,7 +142,4 @@ class FormStream:
             if size > limit:
                 raise InvalidArgument(f"A form field is longer than {limit} bytes.")
             chunks.append(chunk)
-        try:
-            return b"".join(chunks).decode()
-        except UnicodeDecodeError as exc:
-            raise InvalidArgument("A form field is not valid UTF-8.") from exc
+        return utf8(b"".join(chunks), "form_field")

@@ -8,6 +8,7 @@ be accepted (docs/api.md, "The OpenAPI document").
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI
@@ -15,8 +16,11 @@ from fastapi.openapi.utils import get_openapi
 
 from app.errors import InvalidArgument
 from app.settings import Settings
+from app.storage.bulk import MAX_CURSOR_CHARS
 from app.storage.fusion import enabled
 from app.storage.ids import BackendName
+from app.storage.zip import MAX_NAME_BYTES as MAX_ZIP_NAME_BYTES
+from app.text import NONCHARACTERS
 
 _ERROR_REF = "#/components/schemas/ErrorBody"
 SECURITY_SCHEMES = {
@@ -37,20 +41,37 @@ SECURITY_SCHEMES = {
 # match is accepted, whatever they do not is refused (4xx). Only the byte limits (names 200, keys
 # 1,024, metadata 1,024 UTF-8 bytes) are not patterns: a pattern counts characters.
 _CC = r"\x00-\x1f\x7f-\x9f"  # Unicode's control characters (category Cc)
+_NAME_REFUSED = rf"{_CC}\u2028\u2029\u202a-\u202e\u2066-\u2069{NONCHARACTERS}"
+"""What a name or folder must not contain (app.text): Cc, Zl, Zp, bidi controls and the
+noncharacters. (Lone surrogates, Cs, cannot be in JSON or UTF-8 text, and a JSON Schema regex
+cannot name them.)"""
 _BUCKET = r"[a-z0-9](?:[a-z0-9-]|\.(?!\.)){1,61}[a-z0-9]"
-_KEY_SEGMENT = r"(?!\.\.?(?:/|$))[^/\x00-\x1f\x7f]*"
-# The last segment is never download, info, link or copy: that path belongs to another route; and
-# the first never the folder resumable uploads keep their state in.
+_PREFIX_SEGMENT = r"(?!\.\.?(?:/|$))[^/\\\x00-\x1f\x7f-\x9f]+"
 _RESERVED = r"(?!\.filegate-tus(?:/|$))"
-_KEY = rf"(?=[^/]){_RESERVED}(?:{_KEY_SEGMENT}/)*(?!(?:download|info|link|copy)$){_KEY_SEGMENT}"
-_PREFIX_SEGMENT = r"(?!\.\.?(?:/|$))[^/\x00-\x1f\x7f]+"
-ID_PATTERNS: dict[BackendName, str] = {
-    "s3": rf"s3:{_BUCKET}/{_KEY}",
-    "local": rf"local:{_BUCKET}/{_KEY}",
-    "fastdfs": r"[A-Za-z0-9_-]{1,16}/M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[A-Za-z0-9_.-]{12,117}",
-}
-_SEGMENT = rf"(?!\s*(?:/|$))(?!\.\.?(?:/|$))[^/\\{_CC}]{{1,255}}"
-"""A file name or folder segment: not blank, not . or .., no separator or control character."""
+# A file id in a request: the form of the ids filegate makes, in few plain character classes, so
+# that a generator (schemathesis, a property test) makes valid ones without filtering: up to four
+# folders that do not start with '.' (so never '.', '..' or the reserved folder), then the
+# generated leaf, 16 hex digits and the name. At most 533 UTF-8 bytes, within the key limit. Other
+# ids are still served; the document describes the ones a client gets from an upload.
+_NOT_IN_KEYS = r"/\\\x00-\x1f\x7f-\x9f"
+_KEY_CHAR = rf"[^{_NOT_IN_KEYS}]"
+_FOLDER = rf"[^.{_NOT_IN_KEYS}]{_KEY_CHAR}{{0,15}}"
+_KEY = rf"(?:{_FOLDER}/){{0,4}}[0-9a-f]{{16}}_{_KEY_CHAR}{{1,64}}"
+_PLAIN_BUCKET = r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]"
+FASTDFS_ID = r"[A-Za-z0-9_-]{1,16}/M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[A-Za-z0-9_.-]{12,117}"
+
+
+def id_pattern(backend: BackendName, buckets: list[str] | None = None) -> str:
+    """The pattern of a ``backend`` id in a request, in ``buckets`` (any bucket name if None)."""
+    if backend == "fastdfs":
+        return FASTDFS_ID
+    bucket = _PLAIN_BUCKET if buckets is None else "(?:" + "|".join(map(re.escape, buckets)) + ")"
+    return rf"{backend}:{bucket}/{_KEY}"
+
+
+ID_PATTERNS: dict[BackendName, str] = {b: id_pattern(b) for b in ("s3", "local", "fastdfs")}
+_SEGMENT = rf"(?!\s*(?:/|$))(?!\.\.?(?:/|$))[^/\\{_NAME_REFUSED}]{{1,255}}"
+"""A file name or folder segment: not blank, not . or .., no separator or refused character."""
 NAME: dict[str, Any] = {"type": "string", "pattern": rf"^{_SEGMENT}$", "maxLength": 200}
 FOLDER: dict[str, Any] = {
     "type": "string",
@@ -74,19 +95,56 @@ METADATA: dict[str, Any] = {
     "type": "object",
     "description": 'Sent as JSON, e.g. {"author": "john"}; up to 1,024 bytes in all.',
     "propertyNames": {"pattern": r"^(?!filegate-)[a-z0-9][a-z0-9_-]{0,63}$"},
-    "additionalProperties": {"type": "string", "pattern": rf"^[^{_CC}]*$"},
+    "additionalProperties": {
+        "type": "string",
+        "pattern": r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$",
+    },
     "maxProperties": 32,
 }
 
 
 def file_id_schema(settings: Settings) -> dict[str, Any]:
-    """The JSON schema of a file id this deployment serves."""
-    patterns = [ID_PATTERNS[backend] for backend in enabled(settings)]
+    """The JSON schema of a file id this deployment serves, in its buckets."""
+    buckets: dict[BackendName, list[str]] = {
+        "s3": settings.s3_buckets or [settings.s3_default_bucket],
+        "local": [settings.local_bucket],
+    }
+    patterns = [id_pattern(backend, buckets.get(backend)) for backend in enabled(settings)]
+    examples = [
+        EXAMPLE_IDS[backend].replace("files", buckets[backend][0], 1)
+        for backend in enabled(settings)
+        if backend != "fastdfs"
+    ]
     return {
         "type": "string",
         "pattern": "^(?:" + "|".join(patterns) + ")$",
-        "description": "A file id: s3:<bucket>/<key>, local:<bucket>/<key> or a FastDFS id.",
+        "examples": examples or [EXAMPLE_IDS["fastdfs"]],
+        "description": (
+            "A file id as an upload returns it: s3:<bucket>/<key>, local:<bucket>/<key> or a "
+            'FastDFS id (docs/api.md, "The OpenAPI document").'
+        ),
     }
+
+
+CURSOR: dict[str, Any] = {
+    "type": "string",
+    "maxLength": MAX_CURSOR_CHARS,
+    "pattern": r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$",
+    "description": (
+        "Start after this key: next_cursor of the previous page (or any key, to start there)."
+    ),
+}
+ZIP_ENTRY_NAME: dict[str, Any] = {
+    "type": "string",
+    "maxLength": MAX_ZIP_NAME_BYTES // 4,
+    "pattern": r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$",
+    "description": "The entry's name inside the zip (folders with '/').",
+}
+EXAMPLE_IDS: dict[BackendName, str] = {
+    "s3": "s3:files/reports/3f9c0a1b2c3d4e5f_Q3 report.pdf",
+    "local": "local:files/3f9c0a1b2c3d4e5f_notes.txt",
+    "fastdfs": "group1/M00/00/05/fwAAAWsFKtSATKktAAAADgWKGpg335.pdf",
+}
 
 
 NAMED_FIELDS: dict[str, dict[str, Any]] = {
@@ -95,6 +153,7 @@ NAMED_FIELDS: dict[str, dict[str, Any]] = {
     "bucket": BUCKET,
     "metadata": METADATA,
     "prefix": PREFIX,
+    "cursor": CURSOR,
 }
 """Fields by name, wherever they appear (query, form or JSON body)."""
 
@@ -117,6 +176,29 @@ def _narrow_properties(schema: dict[str, Any], id_schema: dict[str, Any]) -> Non
             prop["items"] = id_schema
         else:
             schema["properties"][name] = _narrowed(name, prop)
+
+
+def _request_schemas(document: dict[str, Any], schemas: dict[str, Any]) -> set[str]:
+    """The component schemas that request bodies use, directly or nested."""
+    found: set[str] = set()
+    pending = [
+        content.get("schema", {})
+        for item in document.get("paths", {}).values()
+        for operation in item.values()
+        for content in operation.get("requestBody", {}).get("content", {}).values()
+    ]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            name = ref.rsplit("/", 1)[-1]
+            if ref and name not in found:
+                found.add(name)
+                pending.append(schemas[name])
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return found
 
 
 _ANY_BODY = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
@@ -167,14 +249,16 @@ def _finish(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
                 responses.pop("401", None)
     for unused in ("HTTPValidationError", "ValidationError"):
         components.get("schemas", {}).pop(unused, None)
-    for name, model in components.get("schemas", {}).items():
-        if name != "ErrorBody":  # an error names the id as it was sent, malformed or not
-            _narrow_properties(model, id_schema)
+    schemas = components.get("schemas", {})
+    for name in _request_schemas(document, schemas):  # answers name ids of any form
+        _narrow_properties(schemas[name], id_schema)
     schemas = components["schemas"]
     schemas["DeletePrefixRequest"]["properties"]["prefix"] = FOLDER_PREFIX
     schemas["CopyRequest"]["properties"]["file_name"] = _narrowed(
         "filename", schemas["CopyRequest"]["properties"]["file_name"]
     )
+    zip_item = schemas["ZipItem"]["properties"]
+    zip_item["file_name"] = {**zip_item["file_name"], "anyOf": [ZIP_ENTRY_NAME, {"type": "null"}]}
     backend = schemas["CopyRequest"]["properties"]["backend"]
     backend["anyOf"] = [
         {"type": "string", "enum": list(enabled(settings))},

@@ -16,6 +16,9 @@ class ErrorBody(BaseModel):
 
     detail: str = Field(description="A message for a person.")
     code: str = Field(description="A stable machine code, e.g. file_not_found.")
+    field: str | None = Field(
+        default=None, description="The request field that broke a text rule, e.g. file_name."
+    )
     file_id: str | None = None
     file_ids: list[str] | None = None
 

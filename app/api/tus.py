@@ -28,6 +28,7 @@ from app.errors import (
     UploadLocked,
     UploadNotFound,
 )
+from app.storage.ids import in_url
 from app.storage.tus.engine import CHECKSUMS, EXTENSIONS, TusService, TusState, parse_checksum
 
 router = APIRouter(prefix="/files/tus", tags=["resumable uploads"])
@@ -115,7 +116,7 @@ def _state_headers(state: TusState) -> dict[str, str]:
         "Cache-Control": "no-store",
     }
     if state.done:
-        headers["File-Id"] = state.file_id
+        headers["File-Id"] = in_url(state.file_id)
     return headers
 
 

@@ -6,7 +6,6 @@ caller, the names, types, sizes, buckets and metadata, and stores all of it or n
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -29,6 +28,7 @@ from app.errors import (
 )
 from app.storage.service import FileService, UploadRequest
 from app.storage.stored import StoredFile
+from app.text import header_text, json_object, refuse
 
 router = APIRouter(prefix="/files", tags=["files"])
 
@@ -72,30 +72,18 @@ def _created(stored: list[StoredFile], many: bool) -> JSONResponse:
     return JSONResponse(attaches if many else attaches[0], status_code=201, headers=headers)
 
 
+def _content_type(request: Request) -> str | None:
+    value = request.headers.get("content-type")
+    return header_text(value, "content_type") if value else None
+
+
 def _declared_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     return int(value) if value and value.isdigit() else None
 
 
-def _header_text(value: str) -> str:
-    """Header bytes arrive as latin-1; clients such as curl send UTF-8."""
-    raw = value.encode("latin-1")
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return value
-
-
 def _parse_metadata(raw: str | None) -> Mapping[str, object]:
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidArgument("metadata must be a JSON object of strings.") from exc
-    if not isinstance(value, dict):
-        raise InvalidArgument("metadata must be a JSON object of strings.")
-    return value
+    return json_object(raw, "metadata") if raw else {}
 
 
 async def _receive_form(
@@ -203,6 +191,12 @@ async def batch_upload(
     return _created(stored, many=True)
 
 
+@router.put("/upload/", include_in_schema=False)
+async def upload_raw_without_name() -> None:
+    """``PUT /files/upload/``: a 400 for the empty name, not a redirect to another route."""
+    raise refuse("file_name", "is empty")
+
+
 @router.put(
     "/upload/{file_name:any_text}",
     operation_id="upload_raw",
@@ -229,7 +223,7 @@ async def upload_raw(
 ) -> JSONResponse:
     """Upload one file sent as the raw request body (``curl -T``)."""
     metadata = {
-        name.removeprefix(META_HEADER): _header_text(value)
+        name.removeprefix(META_HEADER): header_text(value, "metadata")
         for name, value in request.headers.items()
         if name.startswith(META_HEADER)
     }
@@ -237,7 +231,7 @@ async def upload_raw(
         file_name,
         folder=folder,
         bucket=bucket,
-        content_type=request.headers.get("content-type"),
+        content_type=_content_type(request),
         metadata=metadata,
         size=_declared_length(request),
     )

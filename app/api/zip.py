@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from app.api.auth import PrincipalDep
 from app.api.deps import BulkDep, FilesDep, PrefixQuery
@@ -15,7 +15,8 @@ from app.api.responses import ObjectStreamResponse
 from app.errors import FileNotFound, FileTooLarge, Forbidden, InvalidArgument
 from app.storage.bulk import parse_prefix
 from app.storage.ids import FileIdField
-from app.storage.zip import ZipRequest, ZipStream
+from app.storage.zip import MAX_NAME_BYTES, ZipRequest, ZipStream
+from app.text import check_text
 
 router = APIRouter(prefix="/files", tags=["files"])
 
@@ -25,9 +26,16 @@ CompressionQuery = Annotated[
 ]
 
 
+def _entry_name(value: str | None) -> str | None:
+    return None if value is None else check_text(value, "zip_entry_name", max_bytes=MAX_NAME_BYTES)
+
+
 class ZipItem(BaseModel):
     file_id: FileIdField = Field(description="Any file id: s3:, local: or FastDFS.")
-    file_name: str | None = Field(default=None, description="The entry's name inside the zip.")
+    file_name: Annotated[str | None, AfterValidator(_entry_name)] = Field(
+        default=None,
+        description="The entry's name inside the zip (folders with '/'), at most 65,535 bytes.",
+    )
 
 
 ZIP_RESPONSES: dict[int | str, dict[str, Any]] = {

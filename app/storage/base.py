@@ -128,7 +128,8 @@ class Listing:
     folders: list[str]
     """Key prefixes ending in the delimiter (one level down), when a delimiter was given."""
     next_token: str | None
-    """Where the next page starts (the backend's own token), or None after the last page."""
+    """The last key or folder of this page, after which the next page starts; None after the
+    last page."""
 
 
 @runtime_checkable
@@ -138,7 +139,8 @@ class Lister(Protocol):
     async def list_page(
         self, bucket: str, prefix: str, *, delimiter: str, limit: int, token: str | None
     ) -> Listing:
-        """Up to ``limit`` objects and folders under ``prefix``, after ``token``."""
+        """Up to ``limit`` objects and folders under ``prefix`` whose keys sort after ``token``
+        (any string; a folder ``a/`` as a token skips everything in it when listing by folder)."""
 
 
 @runtime_checkable

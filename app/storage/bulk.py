@@ -9,9 +9,6 @@ keys (at most 1000) in memory, however large the folder.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -32,8 +29,9 @@ from app.storage.base import (
 from app.storage.fusion import StorageMode, Target
 from app.storage.ids import BackendName, FileId, is_valid_bucket_name, parse_file_id
 from app.storage.service import FileService, UploadRequest, calling
-from app.storage.stored import StoredFile
+from app.storage.stored import StoredFile, content_type_for
 from app.storage.zip import Compression, ZipRequest, ZipStream
+from app.text import check_text, refuse
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +140,14 @@ class BulkService:
         """One page of files (and folders, with a delimiter) under ``prefix`` (read scope)."""
         target = self._target(principal, "read", prefix)
         lister = self._lister(target, prefix)
-        token = _open_cursor(cursor, prefix, delimiter)
+        token = check_cursor(cursor)
         async with calling(target, None, self.files.timeout):
             page = await lister.list_page(
                 prefix.bucket, prefix.key, delimiter=delimiter, limit=limit, token=token
             )
         files = [StoredFile(prefix.file_id(info.ref.key), _named(info)) for info in page.objects]
         folders = [str(prefix.file_id(folder)) for folder in page.folders]
-        following = _close_cursor(page.next_token, prefix, delimiter) if page.next_token else None
-        return Page(files, folders, following)
+        return Page(files, folders, page.next_token)
 
     async def _walk(self, target: Target, prefix: Prefix) -> AsyncIterator[list[ObjectInfo]]:
         """Every object under ``prefix``, a page at a time."""
@@ -314,7 +311,7 @@ class BulkService:
             file_name or stored.name,
             folder=folder,
             bucket=bucket,
-            content_type=stored.info.content_type,
+            content_type=content_type_for(stored.name, stored.info.content_type),
             metadata=dict(stored.info.metadata),
             size=stored.info.size,
         )
@@ -355,22 +352,16 @@ def _named(info: ObjectInfo) -> ObjectInfo:
     return replace(info, file_name=name_in_key(info.ref.key))
 
 
-def _close_cursor(token: str, prefix: Prefix, delimiter: str) -> str:
-    raw = json.dumps({"p": str(prefix), "d": delimiter, "t": token}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+MAX_CURSOR_CHARS = 1024
+"""A cursor is a position (``check_cursor``), as long as the longest key."""
 
 
-def _open_cursor(cursor: str | None, prefix: Prefix, delimiter: str) -> str | None:
-    """The backend's token inside an opaque cursor made for this same listing."""
+def check_cursor(cursor: str | None) -> str | None:
+    """The key a page starts after: ``next_cursor`` of the previous page, or any text. Every
+    string is a position in key order, so any cursor is served; it may not hold control
+    characters, and at most ``MAX_CURSOR_CHARS`` characters (docs/api.md, "Folders")."""
     if not cursor:
         return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        token = value["t"]
-        same = value["p"] == str(prefix) and value["d"] == delimiter
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument("Malformed cursor: pass next_cursor as it was given.") from exc
-    if not same or not isinstance(token, str):
-        raise InvalidArgument("The cursor belongs to another listing (prefix or delimiter).")
-    return token
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise refuse("cursor", f"is longer than {MAX_CURSOR_CHARS} characters")
+    return check_text(cursor, "cursor", max_bytes=4 * MAX_CURSOR_CHARS)

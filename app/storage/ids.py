@@ -10,6 +10,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
@@ -22,6 +23,9 @@ _PREFIXES: tuple[tuple[str, BackendName], ...] = (("s3:", "s3"), ("local:", "loc
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _FASTDFS_GROUP = re.compile(r"[A-Za-z0-9_-]{1,16}")
 _FASTDFS_REMOTE = re.compile(r"M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[A-Za-z0-9_.-]+")
+_REFUSED_IN_KEYS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\\]")
+"""Cc, Cs and the backslash: some stores (and Windows) take ``\\`` as a separator, so ``..\\``
+could climb out of a folder that an access rule checks by ``/`` alone (docs/api.md)."""
 MAX_KEY_BYTES = 1024
 RESERVED_FOLDER = ".filegate-tus"
 """Where S3 keeps resumable uploads' state (docs/tus.md): no file id reaches into it."""
@@ -84,14 +88,26 @@ FileIdField = Annotated[
 def _check_key(key: str, raw: str) -> None:
     if key.startswith("/"):
         raise InvalidArgument("A key must not start with '/'.", file_id=raw)
-    if any(ord(c) < 0x20 or c == "\x7f" for c in key):
-        raise InvalidArgument("A key must not contain control characters.", file_id=raw)
+    if _REFUSED_IN_KEYS.search(key) is not None:
+        raise InvalidArgument(
+            "A key must not contain control characters, lone surrogates or '\\'.", file_id=raw
+        )
     if any(segment in ("..", ".") for segment in key.split("/")):
         raise InvalidArgument("A key must not contain '.' or '..' segments.", file_id=raw)
     if len(key.encode()) > MAX_KEY_BYTES:
         raise InvalidArgument("The key is too long.", file_id=raw)
     if key.split("/", 1)[0] == RESERVED_FOLDER:
         raise InvalidArgument(f"{RESERVED_FOLDER}/ is reserved for resumable uploads.", file_id=raw)
+
+
+URL_SAFE = "/:@!$&'()*+,;="
+"""What an id keeps as it is in a URL path (RFC 3986 pchar); the rest is percent-encoded."""
+
+
+def in_url(file_id: str) -> str:
+    """The id as it stands in a URL path, and in the tus ``File-Id`` header: UTF-8,
+    percent-encoded (``%`` itself as ``%25``), so that it is always valid HTTP (docs/tus.md)."""
+    return quote(file_id, safe=URL_SAFE)
 
 
 def new_key(folder: str, file_name: str) -> str:

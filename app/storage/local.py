@@ -233,7 +233,15 @@ class LocalBackend:
         """Store a file's record before the file is fsynced and moved into place: in its
         attribute, or in a sidecar that is in place (and durable) before the file is."""
         if self._xattrs:
-            os.setxattr(fd, XATTR, record)
+            try:
+                os.setxattr(fd, XATTR, record)
+            except OSError as exc:  # ext4 says ENOSPC when an attribute does not fit its block
+                if exc.errno in (errno.ENOSPC, errno.E2BIG, errno.ERANGE):
+                    raise InvalidArgument(
+                        f"The file's name, type and metadata ({len(record)} bytes) are too large "
+                        "to keep with it on this file system."
+                    ) from exc
+                raise
             return
         meta_path = self._meta_path(ref)
         made = make_dirs(os.path.dirname(meta_path))

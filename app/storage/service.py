@@ -38,6 +38,7 @@ from app.storage.ids import BackendName, FileId, new_key
 from app.storage.stored import StoredFile, content_type_for
 from app.storage.validation import UploadPolicy, check_file_name, check_folder, check_metadata
 from app.storage.zip import Compression, ZipLimits, ZipRequest, ZipStream, check_count, plan
+from app.text import check_content_type
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,9 @@ class FileService:
         new = NewObject(
             ref=file_id.ref,
             file_name=name,
-            content_type=content_type_for(name, request.content_type),
+            content_type=content_type_for(
+                name, request.content_type and check_content_type(request.content_type)
+            ),
             metadata=check_metadata(request.metadata),
             size=request.size,
         )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from app.storage.base import ObjectInfo
 from app.storage.ids import FileId
+from app.text import is_content_type
 
 GENERIC_TYPE = "application/octet-stream"
 
@@ -23,7 +24,12 @@ class StoredFile:
 
 
 def content_type_for(name: str, given: str | None) -> str:
-    """The client's content type, else one guessed from the name, else a generic one."""
+    """The client's content type, else one guessed from the name, else a generic one.
+
+    A type that is not valid in a header (stored before the text rules, ``app.text``) counts as
+    none: what is served is always valid HTTP."""
+    if given and not is_content_type(given):
+        given = None
     if given and given.split(";")[0].strip().lower() != GENERIC_TYPE:
         return given
     guessed, _ = mimetypes.guess_type(name, strict=False)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from app.errors import FileTooLarge, InvalidArgument, InvalidFileType, TooManyFiles
+from app.errors import FileTooLarge, InvalidFileType, TooManyFiles
 from app.storage.base import Chunk
 from app.storage.ids import RESERVED_FOLDER
+from app.text import check_text, refuse
 
 MAX_NAME_BYTES = 200
 """Leaves room for the 17-character key prefix within a file system's 255-byte name limit."""
@@ -26,13 +26,13 @@ RESERVED_METADATA_PREFIX = "filegate-"
 _METADATA_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
-def check_file_name(name: str) -> str:
-    """Return ``name`` unchanged if it is a safe single path segment, else ``InvalidArgument``."""
+def check_file_name(name: str, field: str = "file_name") -> str:
+    """Return ``name`` unchanged if it is a safe single path segment, else ``InvalidArgument``
+    naming ``field`` (``filename`` for a download or link name)."""
     if not name or not name.strip():
-        raise InvalidArgument("The file name is empty.")
-    _check_segment(name, "file name")
-    if len(name.encode()) > MAX_NAME_BYTES:
-        raise InvalidArgument(f"The file name is longer than {MAX_NAME_BYTES} bytes.")
+        raise refuse(field, "is empty")
+    check_text(name, field, max_bytes=MAX_NAME_BYTES, name=True)
+    _check_segment(name, field)
     return name
 
 
@@ -40,30 +40,29 @@ def check_folder(folder: str | None) -> str:
     """Normalise a relative folder (``a/b``; one trailing ``/`` allowed); ``""`` for none."""
     if not folder:
         return ""
+    check_text(folder, "folder", max_bytes=MAX_FOLDER_BYTES, name=True)
     if folder.startswith("/"):
-        raise InvalidArgument("The folder must be a relative path (no leading '/').")
+        raise refuse("folder", "must be a relative path (no leading '/')")
     folder = folder.removesuffix("/")
     segments = folder.split("/")
     if segments[0] == RESERVED_FOLDER:
-        raise InvalidArgument(f"{RESERVED_FOLDER} is reserved for resumable uploads.")
-    if len(segments) > MAX_FOLDER_DEPTH or len(folder.encode()) > MAX_FOLDER_BYTES:
-        raise InvalidArgument("The folder is too deep or too long.")
+        raise refuse("folder", f"must not start with {RESERVED_FOLDER} (resumable uploads)")
+    if len(segments) > MAX_FOLDER_DEPTH:
+        raise refuse("folder", f"is deeper than {MAX_FOLDER_DEPTH} levels")
     for segment in segments:
         if not segment.strip():
-            raise InvalidArgument("The folder has an empty segment.")
+            raise refuse("folder", "has an empty segment")
         if len(segment.encode()) > MAX_SEGMENT_BYTES:
-            raise InvalidArgument(f"A folder segment is longer than {MAX_SEGMENT_BYTES} bytes.")
+            raise refuse("folder", f"has a segment longer than {MAX_SEGMENT_BYTES} bytes")
         _check_segment(segment, "folder")
     return folder
 
 
-def _check_segment(segment: str, what: str) -> None:
+def _check_segment(segment: str, field: str) -> None:
     if "/" in segment or "\\" in segment:
-        raise InvalidArgument(f"The {what} must not contain path separators.")
+        raise refuse(field, "must not contain path separators ('/' or '\\')")
     if segment in (".", ".."):
-        raise InvalidArgument(f"The {what} must not be '.' or '..'.")
-    if any(unicodedata.category(c) == "Cc" for c in segment):
-        raise InvalidArgument(f"The {what} must not contain control characters.")
+        raise refuse(field, "must not be '.' or '..'")
 
 
 def extension(name: str) -> str:
@@ -75,23 +74,23 @@ def extension(name: str) -> str:
 def check_metadata(metadata: Mapping[str, object]) -> dict[str, str]:
     """User metadata: string to string, lowercase ASCII keys, bounded in count and size."""
     if len(metadata) > MAX_METADATA_ENTRIES:
-        raise InvalidArgument(f"At most {MAX_METADATA_ENTRIES} metadata entries are allowed.")
+        raise refuse("metadata", f"has more than {MAX_METADATA_ENTRIES} entries")
     size = 0
     checked: dict[str, str] = {}
     for key, value in metadata.items():
         if _METADATA_KEY.fullmatch(key) is None or key.startswith(RESERVED_METADATA_PREFIX):
-            raise InvalidArgument(
-                f"Metadata key {key!r} is not allowed: use 1-64 lowercase letters, digits, "
-                f"'-' or '_', not starting with {RESERVED_METADATA_PREFIX!r}."
+            raise refuse(
+                "metadata",
+                f"key {key!a} is not allowed: use 1-64 lowercase letters, digits, "
+                f"'-' or '_', not starting with {RESERVED_METADATA_PREFIX!r}",
             )
         if not isinstance(value, str):
-            raise InvalidArgument(f"Metadata value of {key!r} must be a string.")
-        if any(unicodedata.category(c) == "Cc" for c in value):
-            raise InvalidArgument(f"Metadata value of {key!r} must not contain control characters.")
+            raise refuse("metadata", f"value of {key!r} must be a string")
+        check_text(value, "metadata", max_bytes=MAX_METADATA_BYTES)
         size += len(key) + len(value.encode())
         checked[key] = value
     if size > MAX_METADATA_BYTES:
-        raise InvalidArgument(f"Metadata is larger than {MAX_METADATA_BYTES} bytes.")
+        raise refuse("metadata", f"is larger than {MAX_METADATA_BYTES} bytes")
     return checked
 
 

@@ -41,6 +41,7 @@ from app.storage.base import Chunk, ObjectStream
 from app.storage.ids import FileId
 from app.storage.stored import StoredFile
 from app.storage.zipwriter import END, Member, ZipWriter
+from app.text import refuse
 
 Compression = Literal["stored", "deflate"]
 HEAD_CONCURRENCY = 16
@@ -67,6 +68,10 @@ _END_64 = _END + 56 + 20  # the zip64 end record and its locator
 
 Describe = Callable[[FileId], Awaitable[StoredFile]]
 Opener = Callable[[StoredFile], Awaitable[ObjectStream]]
+
+
+MAX_NAME_BYTES = 65_535
+"""The zip format's limit on an entry's name (a 16-bit length)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +159,10 @@ async def plan(
     for request, item in zip(requests, stored, strict=True):
         fallback = item.file_id.ref.key.rsplit("/", 1)[-1]
         wanted = request.file_name or item.name
-        entries.append(ZipEntry(names.claim(safe_name(wanted, fallback)), item))
+        name = names.claim(safe_name(wanted, fallback))
+        if len(name.encode()) > MAX_NAME_BYTES:  # a long name made longer by " (1)"
+            raise refuse("zip_entry_name", f"is longer than {MAX_NAME_BYTES} bytes")
+        entries.append(ZipEntry(name, item))
     return entries
 
 

@@ -79,6 +79,9 @@ CLEANUP_AGAIN = 10
 COPY_PART = 1024 * MiB
 """The part size of a copy in parts (``UploadPartCopy``), at most ``S3_COPY_MAX_SIZE``."""
 RESERVED = f"{RESERVED_FOLDER}/"
+PAST_FOLDER = "\U0010ffff"
+"""Appended to a folder to start after everything in it: the last code point, a noncharacter that
+no name or folder may hold (app.text)."""
 MAX_PARTS = 10_000
 """S3's limit: with 8 MiB parts, one upload holds at most 78 GiB."""
 SMALL_BODY = 256 * 1024
@@ -536,9 +539,13 @@ class S3Backend:
     ) -> Listing:
         """``ListObjectsV2`` with the read pair. The state of resumable uploads (a reserved
         prefix at the bucket's root) is never listed."""
-        extra: dict[str, Any] = {"ContinuationToken": token} if token else {}
+        extra: dict[str, Any] = {}
         if delimiter:
             extra["Delimiter"] = delimiter
+        if token:  # a folder's contents all sort before its name and U+10FFFF (app.text)
+            extra["StartAfter"] = (
+                token + PAST_FOLDER if token.endswith(delimiter or "\0") else token
+            )
         async with self.bounded():
             with translate_errors():
                 page = await self._read.list_objects_v2(
@@ -560,8 +567,12 @@ class S3Backend:
             for item in page.get("CommonPrefixes", [])
             if not item["Prefix"].startswith(RESERVED)
         ]
-        more = page.get("IsTruncated") and page.get("NextContinuationToken")
-        return Listing(objects, folders, more or None)
+        last = max(
+            [item["Key"] for item in page.get("Contents", [])[-1:]]
+            + [item["Prefix"] for item in page.get("CommonPrefixes", [])[-1:]],
+            default=None,
+        )
+        return Listing(objects, folders, last if page.get("IsTruncated") else None)
 
     async def delete_many(self, bucket: str, keys: list[str]) -> dict[str, str]:
         """``DeleteObjects`` (at most 1000 keys) with the write pair; what S3 could not delete."""

@@ -16,7 +16,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from app.errors import BackendUnavailable, FileNotFound, StorageError
+from app.errors import BackendUnavailable, FileNotFound, StorageError, StorageRefused
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchBucket"}
 _UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError", "503", "500"}
@@ -60,6 +60,10 @@ def translate_errors(*, writing: bool = False) -> Iterator[None]:
         if code in _DENIED or status == 403:
             raise StorageError(
                 "S3 refused the request: check the service's credentials.", backend="s3"
+            ) from exc
+        if 400 <= status < 500:
+            raise StorageRefused(
+                f"S3 refused the request as invalid ({code or status}).", backend="s3"
             ) from exc
         raise StorageError(f"S3 request failed ({code or status}).", backend="s3") from exc
     except UNREACHABLE as exc:

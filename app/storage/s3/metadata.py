@@ -20,8 +20,9 @@ _CRC = re.compile(r"[0-9a-f]{8}")
 
 
 def encode_value(value: str) -> str:
-    """S3 user metadata travels as HTTP headers (ASCII): RFC 2047 ``B`` encoding where needed."""
-    plain = value.isascii() and value.isprintable() and value == value.strip()
+    """S3 user metadata travels as HTTP headers (ASCII): RFC 2047 ``B`` encoding where needed,
+    and for the empty value, which S3 servers drop along with its key."""
+    plain = value != "" and value.isascii() and value.isprintable() and value == value.strip()
     if plain and _ENCODED.fullmatch(value) is None:
         return value
     return f"=?UTF-8?B?{base64.b64encode(value.encode()).decode()}?="

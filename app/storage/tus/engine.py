@@ -43,6 +43,7 @@ from app.storage.base import Chunk, NewObject, ObjectRef
 from app.storage.crc import crc32
 from app.storage.ids import FileId, parse_file_id
 from app.storage.service import FileService, UploadRequest
+from app.text import check_text, json_object, refuse, utf8
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ class TusService:
             folder=meta.get("folder"),
             bucket=meta.get("bucket"),
             content_type=meta.get("filetype"),
-            metadata=_json_object(meta.get("metadata")),
+            metadata=json_object(meta["metadata"], "metadata") if meta.get("metadata") else {},
             size=length,
         )
         file_id, new = self.files.new_object(principal, request)
@@ -328,9 +329,10 @@ def parse_upload_metadata(header: str | None) -> dict[str, str]:
             raise InvalidArgument("Upload-Metadata must be 'key base64' pairs, keys unique.")
         try:
             value = base64.b64decode(parts[1], validate=True) if len(parts) == 2 else b""
-            result[parts[0]] = value.decode()
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise InvalidArgument(f"Upload-Metadata {parts[0]!r}: not base64 of UTF-8.") from exc
+        except binascii.Error as exc:
+            raise refuse("upload_metadata", f"value of {parts[0]!r} is not base64") from exc
+        text = utf8(value, "upload_metadata")
+        result[parts[0]] = check_text(text, "upload_metadata", max_bytes=MAX_METADATA_HEADER)
     return result
 
 
@@ -378,18 +380,6 @@ def _hasher(algorithm: str) -> _Hasher:
     if algorithm == "crc32":
         return _Crc32()
     return hashlib.new(algorithm, usedforsecurity=False)
-
-
-def _json_object(raw: str | None) -> dict[str, object]:
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidArgument("Upload-Metadata 'metadata' must be a JSON object.") from exc
-    if not isinstance(value, dict):
-        raise InvalidArgument("Upload-Metadata 'metadata' must be a JSON object.")
-    return value
 
 
 def hex_id(upload_id: str) -> str:
