@@ -198,6 +198,9 @@ def test_range_numbers_of_any_length_get_a_proper_answer(deployment: Deployment)
             assert capped.content == data[2:]
         suffix = deployment.client.request(method, url, headers={"Range": f"bytes=-{huge}"})
         assert suffix.status_code == 206 and suffix.headers["content-range"] == "bytes 0-9/10"
+        for since in ("Mon, 01 Jan 2020 00:00:00 +99999999999999999999", "Mon, 01 Jan 99999 x"):
+            dated = deployment.client.request(method, url, headers={"If-Modified-Since": since})
+            assert dated.status_code == 200  # a date it cannot read is no condition
 
 
 # --- text --------------------------------------------------------------------------------------
@@ -627,5 +630,37 @@ def test_any_zip_entry_name_or_link_filename_is_served_or_refused_cleanly(
             served = httpx.get(link.json()["url"])
             assert served.status_code == 200 and served.content == b"zz"
             served.headers["content-disposition"].encode("ascii")
+    finally:
+        deployment.client.delete(deployment.url(file_id))
+
+
+header_text = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60),
+    st.sampled_from(
+        ["bytes=", "bytes=-", "bytes=0-", "bytes=5-2", "bytes=0-0,1-1", '"x"', "W/", "*"]
+    ),
+    st.integers(min_value=0, max_value=10**40).map(lambda n: f"bytes={n}-{n * 7}"),
+    st.integers(min_value=0, max_value=10**40).map(lambda n: f"Mon, 01 Jan 2020 00:00:00 +{n}"),
+)
+
+
+@settings(max_examples=120, deadline=None, database=None)
+@given(
+    name=st.sampled_from(["range", "if-range", "if-none-match", "if-modified-since"]),
+    value=header_text,
+    method=st.sampled_from(["GET", "HEAD"]),
+)
+def test_any_conditional_or_range_header_gets_a_proper_answer(
+    deployment: Deployment, name: str, value: str, method: str
+) -> None:
+    file_id = deployment.client.put("/files/upload/r.bin", content=b"0123456789").json()["file_id"]
+    try:
+        answer = deployment.client.request(
+            method, deployment.url(file_id, "/download"), headers={name: value.strip()}
+        )
+        assert answer.status_code in (200, 206, 304, 400, 416), answer.text
+        if method == "GET" and answer.status_code == 206:
+            first, last = answer.headers["content-range"].split()[1].split("/")[0].split("-")
+            assert answer.content == b"0123456789"[int(first) : int(last) + 1]
     finally:
         deployment.client.delete(deployment.url(file_id))

@@ -83,7 +83,7 @@ def not_modified(
     if if_modified_since is not None:
         try:
             since = parsedate_to_datetime(if_modified_since)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # a zone offset of 20 digits
             return False
         if since.tzinfo is None:
             return False
