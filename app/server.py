@@ -14,7 +14,7 @@ httptools protocol with these limits more (docs/architecture.md, "The server lay
 - ``MAX_REQUEST_LINE`` (the URL, ``414``), ``MAX_HEADER_SIZE`` (one header line, ``431``),
   ``MAX_HEADERS_SIZE`` (the whole head, ``431``) and ``MAX_HEADER_COUNT`` (``431``), as nginx
   bounds them. A head still incomplete past ``MAX_HEADERS_SIZE`` is refused as it arrives, so
-  memory holds at most that and one received chunk.
+  memory holds at most that and two received chunks.
 
 Every refusal, and uvicorn's own ``400`` for a request it cannot parse, is the JSON error of
 every other answer (``{detail, code}``), and the connection is closed after it.
@@ -109,11 +109,14 @@ class GuardedProtocol(HttpToolsProtocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
-        heads = self._heads
+        heads, in_head = self._heads, self._head_timer is not None
         super().data_received(data)
         if self._head_timer is None or self.transport.is_closing():
             return  # no head under way (or already refused)
-        self._head_fed = self._head_fed + len(data) if heads == self._heads else 0
+        # A head that began within this chunk is counted from the next one: how much of this
+        # chunk was the previous request's body is not known (memory: the limit and two chunks).
+        began_here = heads != self._heads or not in_head
+        self._head_fed = 0 if began_here else self._head_fed + len(data)
         if self._head_fed > self._limits.max_headers_size:
             self._refuse(self._headers_too_large())
 
