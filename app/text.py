@@ -26,7 +26,14 @@ from urllib.parse import unquote_to_bytes
 
 from app.errors import InvalidArgument
 
-_CLASS = r"\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029"
+CONTROLS = r"\x00-\x1f\x7f-\x9f"
+"""Unicode's control characters (category Cc), as a character class's contents."""
+SURROGATES = r"\ud800-\udfff"
+"""Category Cs (Python's ``re`` only: a JSON Schema regex cannot name them)."""
+SEPARATORS = r"\u2028\u2029"
+"""Categories Zl and Zp."""
+BIDI_CONTROLS = r"\u202a-\u202e\u2066-\u2069"
+_CLASS = CONTROLS + SURROGATES + SEPARATORS
 _REFUSED = re.compile(f"[{_CLASS}]")
 """Cc, Cs, Zl and Zp, as one character class."""
 NONCHARACTERS = "\ufdd0-\ufdef" + "".join(
@@ -34,7 +41,7 @@ NONCHARACTERS = "\ufdd0-\ufdef" + "".join(
 )
 """Unicode's 66 noncharacters, as a character class's contents (the characters themselves, so
 that the class reads the same to Python and to a JSON Schema validator)."""
-_REFUSED_IN_NAMES = re.compile(rf"[{_CLASS}\u202a-\u202e\u2066-\u2069{NONCHARACTERS}]")
+_REFUSED_IN_NAMES = re.compile(f"[{_CLASS}{BIDI_CONTROLS}{NONCHARACTERS}]")
 """The same, the bidirectional controls that disguise a name's extension, and the noncharacters
 (never text; U+10FFFF sorts after every other character, which listing relies on)."""
 

@@ -20,7 +20,7 @@ from app.storage.bulk import MAX_CURSOR_CHARS
 from app.storage.fusion import enabled
 from app.storage.ids import BackendName
 from app.storage.zip import MAX_NAME_BYTES as MAX_ZIP_NAME_BYTES
-from app.text import NONCHARACTERS
+from app.text import BIDI_CONTROLS, CONTROLS, NONCHARACTERS, SEPARATORS
 
 _ERROR_REF = "#/components/schemas/ErrorBody"
 SECURITY_SCHEMES = {
@@ -40,20 +40,21 @@ SECURITY_SCHEMES = {
 # The rules of app.storage.ids and app.storage.validation as JSON Schema patterns: whatever they
 # match is accepted, whatever they do not is refused (4xx). Only the byte limits (names 200, keys
 # 1,024, metadata 1,024 UTF-8 bytes) are not patterns: a pattern counts characters.
-_CC = r"\x00-\x1f\x7f-\x9f"  # Unicode's control characters (category Cc)
-_NAME_REFUSED = rf"{_CC}\u2028\u2029\u202a-\u202e\u2066-\u2069{NONCHARACTERS}"
+_NAME_REFUSED = f"{CONTROLS}{SEPARATORS}{BIDI_CONTROLS}{NONCHARACTERS}"
 """What a name or folder must not contain (app.text): Cc, Zl, Zp, bidi controls and the
 noncharacters. (Lone surrogates, Cs, cannot be in JSON or UTF-8 text, and a JSON Schema regex
 cannot name them.)"""
 _BUCKET = r"[a-z0-9](?:[a-z0-9-]|\.(?!\.)){1,61}[a-z0-9]"
-_PREFIX_SEGMENT = r"(?!\.\.?(?:/|$))[^/\\\x00-\x1f\x7f-\x9f]+"
+_PREFIX_SEGMENT = rf"(?!\.\.?(?:/|$))[^/\\{CONTROLS}]+"
 _RESERVED = r"(?!\.filegate-tus(?:/|$))"
 # A file id in a request: the form of the ids filegate makes, in few plain character classes, so
 # that a generator (schemathesis, a property test) makes valid ones without filtering: up to four
 # folders that do not start with '.' (so never '.', '..' or the reserved folder), then the
 # generated leaf, 16 hex digits and the name. At most 533 UTF-8 bytes, within the key limit. Other
 # ids are still served; the document describes the ones a client gets from an upload.
-_NOT_IN_KEYS = r"/\\\x00-\x1f\x7f-\x9f"
+_TEXT = f"^[^{CONTROLS}{SEPARATORS}]*$"
+"""Text the rules admit outside names (metadata values, cursors, zip entry names)."""
+_NOT_IN_KEYS = rf"/\\{CONTROLS}"
 _KEY_CHAR = rf"[^{_NOT_IN_KEYS}]"
 _FOLDER = rf"[^.{_NOT_IN_KEYS}]{_KEY_CHAR}{{0,15}}"
 _KEY = rf"(?:{_FOLDER}/){{0,4}}[0-9a-f]{{16}}_{_KEY_CHAR}{{1,64}}"
@@ -97,7 +98,7 @@ METADATA: dict[str, Any] = {
     "propertyNames": {"pattern": r"^(?!filegate-)[a-z0-9][a-z0-9_-]{0,63}$"},
     "additionalProperties": {
         "type": "string",
-        "pattern": r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$",
+        "pattern": _TEXT,
     },
     "maxProperties": 32,
 }
@@ -129,7 +130,7 @@ def file_id_schema(settings: Settings) -> dict[str, Any]:
 CURSOR: dict[str, Any] = {
     "type": "string",
     "maxLength": MAX_CURSOR_CHARS,
-    "pattern": r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$",
+    "pattern": _TEXT,
     "description": (
         "Start after this key: next_cursor of the previous page (or any key, to start there)."
     ),
@@ -137,7 +138,7 @@ CURSOR: dict[str, Any] = {
 ZIP_ENTRY_NAME: dict[str, Any] = {
     "type": "string",
     "maxLength": MAX_ZIP_NAME_BYTES // 4,
-    "pattern": r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$",
+    "pattern": _TEXT,
     "description": "The entry's name inside the zip (folders with '/').",
 }
 EXAMPLE_IDS: dict[BackendName, str] = {

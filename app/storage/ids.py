@@ -16,6 +16,7 @@ from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 from app.errors import InvalidArgument
 from app.storage.base import ObjectRef
+from app.text import CONTROLS, SURROGATES
 
 BackendName = Literal["local", "s3", "fastdfs"]
 
@@ -23,7 +24,7 @@ _PREFIXES: tuple[tuple[str, BackendName], ...] = (("s3:", "s3"), ("local:", "loc
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _FASTDFS_GROUP = re.compile(r"[A-Za-z0-9_-]{1,16}")
 _FASTDFS_REMOTE = re.compile(r"M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[A-Za-z0-9_.-]+")
-_REFUSED_IN_KEYS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\\]")
+_REFUSED_IN_KEYS = re.compile(rf"[{CONTROLS}{SURROGATES}\\]")
 """Cc, Cs and the backslash: some stores (and Windows) take ``\\`` as a separator, so ``..\\``
 could climb out of a folder that an access rule checks by ``/`` alone (docs/api.md)."""
 MAX_KEY_BYTES = 1024
