@@ -12,12 +12,14 @@ import base64
 import contextlib
 import io
 import json
+import os
 import socket
 import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -664,3 +666,24 @@ def test_any_conditional_or_range_header_gets_a_proper_answer(
             assert answer.content == b"0123456789"[int(first) : int(last) + 1]
     finally:
         deployment.client.delete(deployment.url(file_id))
+
+
+def test_a_content_type_stored_before_the_rules_is_served_as_valid_http(
+    local_service: Service, tmp_path: Path
+) -> None:
+    """A record written before the text rules (edited here on disk) never breaks a download: a
+    type that is not a media type is served as the one guessed from the name."""
+    answer = httpx.put(f"{local_service.url}/files/upload/notes.txt", content=b"old file")
+    file_id = answer.json()["file_id"]
+    path = tmp_path / "data" / "files" / file_id.removeprefix("local:files/")
+    record = json.loads(os.getxattr(path, "user.filegate"))
+    record["content_type"] = "text/plain\r\nX-Evil: 1"
+    os.setxattr(path, "user.filegate", json.dumps(record).encode())
+    for method in ("GET", "HEAD"):
+        served = httpx.request(method, f"{local_service.url}/files/{quote(file_id)}/download")
+        assert served.status_code == 200
+        assert served.headers["content-type"] == "text/plain; charset=utf-8"
+        assert "x-evil" not in served.headers
+    copied = httpx.post(f"{local_service.url}/files/{quote(file_id)}/copy", json={})
+    assert copied.status_code == 201, copied.text  # a copy takes the served type, not the record's
+    assert copied.json()["content_type"] == "text/plain"
