@@ -284,6 +284,14 @@ class ServerBusy(FilegateError):
         return {"Retry-After": str(self.retry_after_seconds)}
 
 
+class InsufficientStorage(FilegateError):
+    """The memory backend holds ``MEMORY_MAX_SIZE`` bytes already; nothing of the upload is kept."""
+
+    status_code = 507
+    code = "insufficient_storage"
+    description = "The memory backend is full (MEMORY_MAX_SIZE); nothing was kept"
+
+
 class StorageError(FilegateError):
     """An unexpected backend failure."""
 

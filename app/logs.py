@@ -10,6 +10,9 @@ from typing import Any
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 """The id of the request being served, for every log line written while serving it."""
+request_marks: ContextVar[set[str] | None] = ContextVar("request_marks", default=None)
+"""What the request's log line should say of how it was served (``cache-hit``); a set the
+request middleware makes, so that a mark made anywhere in the request reaches its line."""
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {
     "message",

@@ -53,6 +53,7 @@ class State(TypedDict):
     keyring: Keyring
     links: LinkSigner
     metrics_key: str | None
+    cache_control: str
 
 
 def _settle_the_heap() -> None:
@@ -101,7 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         async with AsyncExitStack() as stack:
             budget = Budget(int(settings.upload_memory), settings.upload_memory_wait)
-            routes = await open_routes(settings, stack, budget)
+            routes = await open_routes(settings, stack, budget, app.state.metrics.cache)
+            app.state.routes = routes  # the open backends, for a debugger (and the tests)
             policy = UploadPolicy(
                 max_file_size=int(settings.max_file_size),
                 whitelist=frozenset(settings.file_whitelist),
@@ -117,6 +119,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 log.warning(
                     "No API keys configured (API_KEYS, API_KEYS_FILE): "
                     "anyone who can reach this service may read, write and delete files."
+                )
+            if settings.storage_mode == "memory":
+                log.warning(
+                    "STORAGE_MODE=memory: files are kept in this process's memory only (up to "
+                    "MEMORY_MAX_SIZE=%d bytes). NOTHING SURVIVES A RESTART; every worker and "
+                    "replica holds its own files.",
+                    int(settings.memory_max_size),
                 )
             if not settings.file_whitelist and not settings.file_blacklist:
                 log.warning(
@@ -140,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     base_url=settings.public_base_url,
                 ),
                 "metrics_key": reveal(settings.metrics_api_key),
+                "cache_control": settings.download_cache_control,
             }
 
     app = FastAPI(

@@ -19,7 +19,63 @@ from prometheus_client import (
     multiprocess,
 )
 
+from app.storage.cache.store import CacheEvents
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class CacheMetrics(CacheEvents):
+    """The read-through cache's counters (``CacheStore`` reports to them)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.hits = Counter(
+            "filegate_cache_hits", "Reads answered from the cache", ["backend"], registry=registry
+        )
+        self.misses = Counter(
+            "filegate_cache_misses",
+            "Reads the cache had to ask the backend for",
+            ["backend"],
+            registry=registry,
+        )
+        self.served = Counter(
+            "filegate_cache_served_bytes",
+            "Bytes served from the cache",
+            ["backend"],
+            registry=registry,
+        )
+        self.fills = Counter(
+            "filegate_cache_fills", "Files read whole and kept", ["backend"], registry=registry
+        )
+        self.filled_bytes = Counter(
+            "filegate_cache_filled_bytes", "Bytes kept by fills", ["backend"], registry=registry
+        )
+        self.evictions = Counter(
+            "filegate_cache_evictions", "Entries removed (room, expiry, delete)", registry=registry
+        )
+        self.used = Gauge(
+            "filegate_cache_size_bytes",
+            "Bytes the cache's entries take",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+
+    def hit(self, backend: str, size: int) -> None:
+        self.hits.labels(backend).inc()
+        if size:
+            self.served.labels(backend).inc(size)
+
+    def miss(self, backend: str) -> None:
+        self.misses.labels(backend).inc()
+
+    def filled(self, backend: str, size: int) -> None:
+        self.fills.labels(backend).inc()
+        self.filled_bytes.labels(backend).inc(size)
+
+    def evicted(self, count: int) -> None:
+        self.evictions.inc(count)
+
+    def size(self, used: int) -> None:
+        self.used.set(used)
 
 
 class Metrics:
@@ -68,6 +124,8 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+
+        self.cache = CacheMetrics(registry)
 
         self._children: dict[tuple[str, str, int], tuple[Any, ...]] = {}
 

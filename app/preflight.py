@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 from app.errors import FilegateError
 from app.settings import Settings
 from app.storage.budget import Budget
+from app.storage.cache import uncached
 from app.storage.fusion import open_routes
 from app.storage.s3 import S3Backend
 from app.storage.s3.errors import S3Refusal, Trouble
@@ -34,10 +35,11 @@ async def preflight(settings: Settings) -> None:
             async with asyncio.timeout(settings.backend_timeout * 2):
                 routes = await open_routes(settings, stack, budget)
                 for target in routes.targets.values():
-                    if isinstance(target.backend, S3Backend):
-                        await _check_s3(settings, target.backend)
+                    backend = uncached(target.backend)
+                    if isinstance(backend, S3Backend):
+                        await _check_s3(settings, backend)
                     else:
-                        await target.backend.check()
+                        await backend.check()
         except S3Refusal as exc:
             raise Misconfigured(*_s3_setting(settings, exc)) from exc
         except TimeoutError as exc:

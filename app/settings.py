@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import (
+    BeforeValidator,
     ByteSize,
     Field,
     PrivateAttr,
@@ -27,6 +28,20 @@ MIN_SECRET_LENGTH = 32
 _PLACEHOLDERS = {"changeme", "change-me", "changethis", "secret", "example"}
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(value: object) -> object:
+    """A duration: seconds, or a number with a unit (``300s``, ``5m``, ``1h``, ``1d``)."""
+    if isinstance(value, str) and value.strip()[-1:].lower() in _UNITS:
+        number = value.strip()[:-1].strip()
+        try:
+            return float(number) * _UNITS[value.strip()[-1].lower()]
+        except ValueError:
+            return value  # pydantic names the variable and the value
+    return value
+
+
 def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -44,10 +59,18 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    storage_mode: Literal["local", "s3", "fastdfs", "hybrid"] = "local"
+    storage_mode: Literal["local", "s3", "fastdfs", "hybrid", "memory"] = "local"
     local_root: Path = Path("./data")
     local_bucket: str = "files"
     local_enabled: bool = False
+    memory_max_size: ByteSize = Field(default=ByteSize(256 * 1024**2), ge=0)
+    memory_bucket: str = "files"
+
+    cache_dir: Path | None = None
+    cache_max_size: ByteSize = Field(default=ByteSize(1024**3), ge=1)
+    cache_max_file_size: ByteSize = Field(default=ByteSize(8 * 1024**2), ge=1)
+    cache_ttl: Annotated[float, BeforeValidator(_seconds)] = Field(default=300, gt=0)
+    download_cache_control: str = "private, max-age=86400, immutable"
 
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
@@ -144,7 +167,14 @@ class Settings(BaseSettings):
     def _normalise_extensions(cls, value: list[str]) -> list[str]:
         return [ext.lower().removeprefix(".") for ext in value]
 
-    @field_validator("local_bucket", "s3_default_bucket")
+    @field_validator("download_cache_control")
+    @classmethod
+    def _header_value(cls, value: str) -> str:
+        if not value.isascii() or not value.isprintable():
+            raise ValueError("a header value: printable ASCII only")
+        return value
+
+    @field_validator("local_bucket", "memory_bucket", "s3_default_bucket")
     @classmethod
     def _bucket_name(cls, value: str) -> str:
         if not is_valid_bucket_name(value):

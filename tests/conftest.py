@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aioboto3
 import httpx
@@ -20,6 +20,9 @@ from asgi_lifespan import LifespanManager
 
 from app.main import create_app
 from app.settings import Settings
+from app.storage.base import ObjectRef
+from app.storage.fusion import Routes
+from app.storage.memory import MemoryBackend
 from tests.fdfs_emulator import FastDFS
 from tests.servers import ADMIN, READER, WRITER, SeaweedFS, Service
 
@@ -120,6 +123,12 @@ class Storage:
 
     async def keys(self) -> list[str]:
         """Every stored object key, temporary files and pending multipart uploads included."""
+        if self.backend == "memory":  # and bytes held apart from every file (tus, a leak)
+            memory = live_memory()
+            held = memory.keys(self.bucket)
+            stored = sum([(await memory.head(ObjectRef(self.bucket, k))).size for k in held])
+            apart = memory.room.used - stored
+            return sorted(held) + ([f"(held apart) {apart} bytes"] if apart else [])
         if self.backend == "fastdfs":
             assert self.fastdfs is not None
             return [name for name in self.fastdfs.stored_files() if not name.endswith("-m")]
@@ -143,6 +152,9 @@ class Storage:
     async def read(self, file_id: str) -> bytes:
         """The stored bytes of a file, read straight from the backend."""
         key = file_id.removeprefix(self.prefix)
+        if self.backend == "memory":
+            stream = await live_memory().open(ObjectRef(self.bucket, key))
+            return b"".join([bytes(chunk) async for chunk in stream])
         if self.backend == "fastdfs":
             assert self.fastdfs is not None
             path = self.fastdfs.storage.path(key)
@@ -187,13 +199,15 @@ def local_service(tmp_path: Path) -> Iterator[Service]:
     service.stop()
 
 
-@pytest.fixture(params=["local", "s3", "fastdfs", "hybrid"])
+@pytest.fixture(params=["local", "s3", "fastdfs", "hybrid", "memory"])
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     return await make_storage(request.param, request, tmp_path)
 
 
 async def make_storage(mode: str, request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     """The storage of one mode for this test: a directory, an emulator or a fresh bucket."""
+    if mode == "memory":
+        return Storage(mode, "memory", "files")
     if mode == "local":
         return Storage(mode, "local", "files", root=tmp_path / "data")
     if mode == "fastdfs":
@@ -217,6 +231,8 @@ def fastdfs_settings(emulator: FastDFS, **overrides: Any) -> dict[str, Any]:
 
 
 def settings_for(storage: Storage, **overrides: Any) -> Settings:
+    if storage.mode == "memory":
+        return Settings(_env_file=None, storage_mode="memory", **overrides)
     if storage.mode == "local":
         return Settings(_env_file=None, local_root=storage.root, **overrides)
     if storage.mode == "fastdfs":
@@ -230,11 +246,24 @@ def settings_for(storage: Storage, **overrides: Any) -> Settings:
     return s3_settings(storage.endpoint, storage.bucket, **overrides)
 
 
+_MEMORY: list[MemoryBackend] = []
+"""The memory backend of the app ``serve`` ran last in memory mode."""
+
+
+def live_memory() -> MemoryBackend:
+    """The memory backend of the app served last (what a memory-mode test has stored)."""
+    assert _MEMORY, "no app in memory mode was served"
+    return _MEMORY[-1]
+
+
 @asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The app under its real lifespan, spoken to over ASGI."""
     app = create_app(settings)
     async with LifespanManager(app) as manager:
+        if settings.storage_mode == "memory":
+            routes: Routes = app.state.routes
+            _MEMORY[:] = [cast(MemoryBackend, routes.targets["memory"].backend)]
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://filegate") as client:
             yield client

@@ -78,7 +78,7 @@ async def test_round_trip_is_byte_exact(
     assert info["crc32"] == f"{zlib.crc32(data):08x}"  # every backend, one-part or multipart
     if storage.backend == "fastdfs":  # FastDFS keeps a CRC32, which becomes the ETag
         assert attach["etag"] == f'"{zlib.crc32(data):08x}"'
-    elif storage.backend == "local":  # files never change in place: CRC-32 and size
+    elif storage.backend in ("local", "memory"):  # never changed in place: CRC-32, size
         assert attach["etag"] == f'"{zlib.crc32(data):08x}-{size:x}"'
     elif size and size < 5 * MiB:  # S3 single-part uploads: the ETag is S3's MD5
         assert attach["etag"] == f'"{hashlib.md5(data).hexdigest()}"'
@@ -441,9 +441,11 @@ ENABLED = {
     "s3": {"s3"},
     "fastdfs": {"fastdfs"},
     "hybrid": {"s3", "fastdfs"},
+    "memory": {"memory"},
 }
 ONE_ID_PER_BACKEND = {
     "local": "local:files/0123456789abcdef_x.txt",
+    "memory": "memory:files/0123456789abcdef_x.txt",
     "s3": "s3:files/0123456789abcdef_x.txt",
     "fastdfs": "group1/M00/00/05/fwAAAWsFKtSATKktAAAADgWKGpg335.pdf",
 }

@@ -62,11 +62,17 @@ def disposition(name: str, media_type: str, inline: bool) -> str:
 
 
 def decide(
-    info: ObjectInfo, name: str, *, inline: bool, request_headers: Mapping[str, str]
+    info: ObjectInfo,
+    name: str,
+    *,
+    inline: bool,
+    request_headers: Mapping[str, str],
+    cache_control: str | None = None,
 ) -> Decision:
     """What to answer for ``info`` (served under ``name``) to a request with these headers.
 
-    ``request_headers`` is looked up by lowercase name. Raises ``RangeNotSatisfiable`` (416) or
+    ``request_headers`` is looked up by lowercase name; ``cache_control`` goes with every answer
+    (304s too) when given. Raises ``RangeNotSatisfiable`` (416) or
     ``InvalidArgument`` (a malformed Range) where the request cannot be served.
     """
     media_type = content_type_for(name, info.content_type)
@@ -78,6 +84,8 @@ def decide(
         "Content-Security-Policy": "sandbox",
         "Content-Disposition": disposition(name, media_type, inline),
     }
+    if cache_control:
+        headers["Cache-Control"] = cache_control
     if not_modified(
         info, request_headers.get("if-none-match"), request_headers.get("if-modified-since")
     ):

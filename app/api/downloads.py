@@ -71,6 +71,9 @@ class Admitted:
     file_id: FileId
     inline: bool
     filename: str | None
+    cache_control: str
+    """``DOWNLOAD_CACHE_CONTROL`` with a key; a signed link may be kept by any cache (the URL is
+    the credential) until it expires (docs/api.md, "Caching")."""
 
 
 async def admit_download(
@@ -83,6 +86,7 @@ async def admit_download(
     parsed = parse_file_id(file_id)
     if query.filename is not None:
         check_file_name(query.filename, "filename")
+    cache_control: str = request.state.cache_control
     if query.expires is None and query.signature is None:
         principal = keyring_of(request).authenticate(presented_key(request.headers))
     elif query.expires is None or query.signature is None:
@@ -91,7 +95,10 @@ async def admit_download(
         terms = LinkTerms(str(parsed), query.expires, query.filename, query.inline)
         signer_of(request).verify(terms, query.signature)
         principal = Principal.for_link(parsed)
-    return Admitted(files_of(request), principal, parsed, query.inline, query.filename)
+        cache_control = f"public, max-age={max(0, query.expires - int(time.time()))}, immutable"
+    return Admitted(
+        files_of(request), principal, parsed, query.inline, query.filename, cache_control
+    )
 
 
 AdmittedDep = Annotated[Admitted, Depends(admit_download)]
@@ -122,7 +129,13 @@ async def download_file(request: Request, admitted: AdmittedDep) -> Response:
         stored, stream = await files.fetch(admitted.principal, admitted.file_id)
         try:
             name = admitted.filename or stored.name
-            decision = decide(stored.info, name, inline=admitted.inline, request_headers={})
+            decision = decide(
+                stored.info,
+                name,
+                inline=admitted.inline,
+                request_headers={},
+                cache_control=admitted.cache_control,
+            )
         except BaseException:
             await stream.aclose()
             raise
@@ -130,7 +143,11 @@ async def download_file(request: Request, admitted: AdmittedDep) -> Response:
         stored = await files.info(admitted.principal, admitted.file_id)
         name = admitted.filename or stored.name
         decision = decide(
-            stored.info, name, inline=admitted.inline, request_headers=request.headers
+            stored.info,
+            name,
+            inline=admitted.inline,
+            request_headers=request.headers,
+            cache_control=admitted.cache_control,
         )
         if not decision.has_body:
             return Response(status_code=decision.status, headers=decision.headers)
@@ -156,7 +173,13 @@ async def download_file_head(request: Request, admitted: AdmittedDep) -> Respons
     files = admitted.files
     stored = await files.info(admitted.principal, admitted.file_id)
     name = admitted.filename or stored.name
-    decision = decide(stored.info, name, inline=admitted.inline, request_headers=request.headers)
+    decision = decide(
+        stored.info,
+        name,
+        inline=admitted.inline,
+        request_headers=request.headers,
+        cache_control=admitted.cache_control,
+    )
     media_type = decision.media_type if decision.has_body else None
     return Response(status_code=decision.status, headers=decision.headers, media_type=media_type)
 

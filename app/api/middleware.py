@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import body_of
 from app.errors import FilegateError, RequestTimeout
-from app.logs import request_id
+from app.logs import request_id, request_marks
 from app.metrics import Metrics
 from app.text import refuse, url_is_utf8
 
@@ -93,6 +93,8 @@ class RequestMiddleware:
         text = given.decode("latin-1")
         rid = text if _VALID_ID.fullmatch(text) else self._ids.next()
         token = request_id.set(rid)
+        marks: set[str] = set()
+        marks_token = request_marks.set(marks)
         started = time.perf_counter()
         status, received, sent = 500, 0, 0
         response_started = body_done = False
@@ -164,14 +166,16 @@ class RequestMiddleware:
             method = scope["method"]
             self.metrics.observe(method, route, status, seconds, received, sent)
             log.info(
-                "%s %s %s %.1fms in=%d out=%d",
+                "%s %s %s %.1fms in=%d out=%d%s",
                 method,
                 route,
                 status,
                 seconds * 1000,
                 received,
                 sent,
+                "".join(f" {mark}" for mark in sorted(marks)),
                 extra={
+                    **({"served": sorted(marks)} if marks else {}),
                     "method": method,
                     "route": route,
                     "status": status,
@@ -180,6 +184,7 @@ class RequestMiddleware:
                     "bytes_out": sent,
                 },
             )
+            request_marks.reset(marks_token)
             request_id.reset(token)
 
 

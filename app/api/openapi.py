@@ -70,7 +70,9 @@ def id_pattern(backend: BackendName, buckets: list[str] | None = None) -> str:
     return rf"{backend}:{bucket}/{_KEY}"
 
 
-ID_PATTERNS: dict[BackendName, str] = {b: id_pattern(b) for b in ("s3", "local", "fastdfs")}
+ID_PATTERNS: dict[BackendName, str] = {
+    b: id_pattern(b) for b in ("s3", "local", "memory", "fastdfs")
+}
 _SEGMENT = rf"(?!\s*(?:/|$))(?!\.\.?(?:/|$))[^/\\{_NAME_REFUSED}]{{1,255}}"
 """A file name or folder segment: not blank, not . or .., no separator or refused character."""
 NAME: dict[str, Any] = {"type": "string", "pattern": rf"^{_SEGMENT}$", "maxLength": 200}
@@ -83,14 +85,14 @@ BUCKET: dict[str, Any] = {"type": "string", "pattern": rf"^(?:{_BUCKET})?$"}
 PREFIX: dict[str, Any] = {
     "type": "string",
     "pattern": (
-        rf"^(?:s3|local):{_BUCKET}"
+        rf"^(?:s3|local|memory):{_BUCKET}"
         rf"(?:/{_RESERVED}(?:{_PREFIX_SEGMENT}/)*(?:{_PREFIX_SEGMENT})?)?$"
     ),
     "description": "A folder in file-id form: s3:<bucket>/<folder>/ or local:<bucket>/<folder>/.",
 }
 FOLDER_PREFIX: dict[str, Any] = {
     **PREFIX,
-    "pattern": rf"^(?:s3|local):{_BUCKET}/{_RESERVED}(?:{_PREFIX_SEGMENT}/)+$",
+    "pattern": rf"^(?:s3|local|memory):{_BUCKET}/{_RESERVED}(?:{_PREFIX_SEGMENT}/)+$",
 }
 METADATA: dict[str, Any] = {
     "type": "object",
@@ -109,6 +111,7 @@ def file_id_schema(settings: Settings) -> dict[str, Any]:
     buckets: dict[BackendName, list[str]] = {
         "s3": settings.s3_buckets or [settings.s3_default_bucket],
         "local": [settings.local_bucket],
+        "memory": [settings.memory_bucket],
     }
     patterns = [id_pattern(backend, buckets.get(backend)) for backend in enabled(settings)]
     examples = [
@@ -144,6 +147,7 @@ ZIP_ENTRY_NAME: dict[str, Any] = {
 EXAMPLE_IDS: dict[BackendName, str] = {
     "s3": "s3:files/reports/3f9c0a1b2c3d4e5f_Q3 report.pdf",
     "local": "local:files/3f9c0a1b2c3d4e5f_notes.txt",
+    "memory": "memory:files/3f9c0a1b2c3d4e5f_notes.txt",
     "fastdfs": "group1/M00/00/05/fwAAAWsFKtSATKktAAAADgWKGpg335.pdf",
 }
 

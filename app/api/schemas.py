@@ -177,7 +177,7 @@ class DeletePrefixResult(BaseModel):
 class CopyRequest(BaseModel):
     """Where a copy goes; everything not given is taken from the source (or the defaults)."""
 
-    backend: Literal["s3", "local", "fastdfs"] | None = Field(
+    backend: Literal["s3", "local", "memory", "fastdfs"] | None = Field(
         default=None, description="Default: where uploads go."
     )
     bucket: str | None = None

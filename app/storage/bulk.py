@@ -84,9 +84,9 @@ class BatchResult:
 def parse_prefix(raw: str) -> Prefix:
     """``s3:<bucket>/<key prefix>`` or ``local:…``; FastDFS ids cannot name a folder."""
     backend: BackendName | None = None
-    for name in ("s3", "local"):
+    for name in ("s3", "local", "memory"):
         if raw.startswith(f"{name}:"):
-            backend = "s3" if name == "s3" else "local"
+            backend = name
     if backend is None:
         raise InvalidArgument(
             "A prefix is s3:<bucket>/<folder>/ or local:<bucket>/<folder>/; FastDFS cannot list."

@@ -18,24 +18,28 @@ from app.settings import Settings
 from app.storage.base import Backend
 from app.storage.breaker import Breaker
 from app.storage.budget import Budget
+from app.storage.cache import CacheEvents, cached, open_cache
 from app.storage.fastdfs import open_fastdfs_backend
 from app.storage.ids import BackendName, FileId
 from app.storage.local import open_local_backend
+from app.storage.memory import MemoryBackend
 from app.storage.s3 import open_s3_backend
 
-StorageMode = Literal["local", "s3", "fastdfs", "hybrid"]
+StorageMode = Literal["local", "s3", "fastdfs", "hybrid", "memory"]
 
 UPLOADS_GO_TO: dict[StorageMode, BackendName] = {
     "local": "local",
     "s3": "s3",
     "fastdfs": "fastdfs",
     "hybrid": "s3",
+    "memory": "memory",
 }
 ENABLED: dict[StorageMode, tuple[BackendName, ...]] = {
     "local": ("local",),
     "s3": ("s3",),
     "fastdfs": ("fastdfs",),
     "hybrid": ("s3", "fastdfs"),
+    "memory": ("memory",),
 }
 
 
@@ -90,11 +94,18 @@ class Routes:
         return target
 
 
-async def open_routes(settings: Settings, stack: AsyncExitStack, budget: Budget) -> Routes:
+async def open_routes(
+    settings: Settings,
+    stack: AsyncExitStack,
+    budget: Budget,
+    cache_events: CacheEvents | None = None,
+) -> Routes:
     """Open the backends ``STORAGE_MODE`` enables, each for the life of ``stack``; what uploads
-    hold in memory is counted against ``budget``."""
+    hold in memory is counted against ``budget``. With ``CACHE_DIR``, S3 and FastDFS reads go
+    through one read-through cache (``app.storage.cache``)."""
     mode: StorageMode = settings.storage_mode
     targets: dict[BackendName, Target] = {}
+    cache = open_cache(settings, stack, cache_events)
     for name in enabled(settings):
         breaker = Breaker(
             name, failures=settings.breaker_failures, backoff=settings.breaker_backoff
@@ -104,13 +115,22 @@ async def open_routes(settings: Settings, stack: AsyncExitStack, budget: Budget)
             targets[name] = Target(
                 local, frozenset({settings.local_bucket}), settings.local_bucket, breaker
             )
+        elif name == "memory":
+            memory = MemoryBackend(settings.memory_max_size)
+            targets[name] = Target(
+                memory, frozenset({settings.memory_bucket}), settings.memory_bucket, breaker
+            )
         elif name == "s3":
-            s3 = await open_s3_backend(settings, stack, budget)
+            s3: Backend = await open_s3_backend(settings, stack, budget)
+            if cache is not None:
+                s3 = cached(s3, cache)
             targets[name] = Target(
                 s3, settings.allowed_s3_buckets, settings.s3_default_bucket, breaker
             )
         else:
-            fastdfs = await open_fastdfs_backend(settings, stack, budget)
+            fastdfs: Backend = await open_fastdfs_backend(settings, stack, budget)
+            if cache is not None:
+                fastdfs = cached(fastdfs, cache)
             legacy = mode == "hybrid"  # the switches guard legacy files in hybrid mode only
             targets[name] = Target(
                 fastdfs,

@@ -1,4 +1,5 @@
-"""File ids: ``s3:<bucket>/<key>``, ``local:<bucket>/<key>``, anything else FastDFS.
+"""File ids: ``s3:<bucket>/<key>``, ``local:<bucket>/<key>``, ``memory:<bucket>/<key>``, anything
+else FastDFS.
 
 Parsing decides only what an id *says*; whether this deployment may act on it (storage mode,
 bucket allowlist) is decided by ``app.storage.fusion``.
@@ -18,9 +19,13 @@ from app.errors import InvalidArgument
 from app.storage.base import ObjectRef
 from app.text import CONTROLS, SURROGATES
 
-BackendName = Literal["local", "s3", "fastdfs"]
+BackendName = Literal["local", "s3", "fastdfs", "memory"]
 
-_PREFIXES: tuple[tuple[str, BackendName], ...] = (("s3:", "s3"), ("local:", "local"))
+_PREFIXES: tuple[tuple[str, BackendName], ...] = (
+    ("s3:", "s3"),
+    ("local:", "local"),
+    ("memory:", "memory"),
+)
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _FASTDFS_GROUP = re.compile(r"[A-Za-z0-9_-]{1,16}")
 _FASTDFS_REMOTE = re.compile(r"M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[A-Za-z0-9_.-]+")
