@@ -378,7 +378,7 @@ async def test_s3_copies_server_side_when_the_write_pair_may_read(
         seaweed.endpoint, bucket, s3_access_key_id=ADMIN_PAIR[0], s3_secret_access_key=ADMIN_PAIR[1]
     )
     data = os.urandom(9 * MiB)
-    caplog.set_level("DEBUG", logger="app.storage.s3.backend")
+    caplog.set_level("DEBUG", logger="app.storage.s3.copy")
     async with serve(settings) as client:
         source = (await client.put("/files/upload/big.bin", content=data)).json()["file_id"]
         copied = await client.post(f"/files/{source}/copy", json={"folder": "copies"})
@@ -408,7 +408,7 @@ async def test_s3_copies_above_one_copy_object_in_parts(
     )
     settings = s3_settings(seaweed.endpoint, bucket, s3_copy_max_size=5 * MiB, **keys)
     data = os.urandom(12 * MiB + 3)
-    caplog.set_level("DEBUG", logger="app.storage.s3.backend")
+    caplog.set_level("DEBUG", logger="app.storage.s3.copy")
     async with serve(settings) as client:
         source = (await client.put("/files/upload/huge.bin", content=data)).json()["file_id"]
         copied = await client.post(f"/files/{source}/copy", json={"folder": "copies"})

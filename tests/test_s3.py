@@ -273,7 +273,7 @@ async def test_a_multipart_files_crc_is_remembered_for_its_etag(
     seaweed: SeaweedFS, bucket: str
 ) -> None:
     """S3 tells a multipart object's CRC-32 only when asked in a request of its own; filegate
-    remembers what it completed or asked for, by ETag (app/storage/s3/backend.py, ``KnownCrcs``).
+    remembers what it completed or asked for, by ETag (app/storage/s3/core.py, ``KnownCrcs``).
     An object replaced behind filegate's back has a new ETag, so its own CRC is asked for."""
     data = os.urandom(9 * 2**20)  # two parts
     relay = FaultyS3(seaweed.endpoint, b"never matches", failures=0)

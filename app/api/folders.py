@@ -33,6 +33,7 @@ from app.errors import (
     FileNotFound,
     FileTooLarge,
     Forbidden,
+    InsufficientStorage,
     InvalidArgument,
     RouteNotSupported,
 )
@@ -164,6 +165,7 @@ async def delete_prefix(
         DeleteNotSupported,
         FileNotFound,
         FileTooLarge,
+        InsufficientStorage,
     ),
 )
 async def copy_file(

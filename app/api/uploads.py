@@ -22,6 +22,7 @@ from app.errors import (
     BucketNotAllowed,
     FileTooLarge,
     Forbidden,
+    InsufficientStorage,
     InvalidArgument,
     RequestTimeout,
     TooManyFiles,
@@ -38,7 +39,9 @@ FolderQuery = Annotated[str | None, Query(description="Relative folder, e.g. rep
 BucketQuery = Annotated[str | None, Query(description="A bucket from the allowlist.")]
 Target = Mapping[str, str | None]
 """Where the files go, from the query: folder and bucket."""
-UPLOAD_ERRORS = declare(InvalidArgument, Forbidden, BucketNotAllowed, RequestTimeout, FileTooLarge)
+UPLOAD_ERRORS = declare(
+    InvalidArgument, Forbidden, BucketNotAllowed, RequestTimeout, FileTooLarge, InsufficientStorage
+)
 
 
 def _form_body(file_field: str, many: bool) -> dict[str, Any]:
@@ -174,7 +177,13 @@ router.add_api_route(  # as @router.post would, with a direct_route as the route
     status_code=201,
     response_model=list[FileAttach],
     responses=declare(
-        InvalidArgument, Forbidden, BucketNotAllowed, RequestTimeout, FileTooLarge, TooManyFiles
+        InvalidArgument,
+        Forbidden,
+        BucketNotAllowed,
+        RequestTimeout,
+        FileTooLarge,
+        TooManyFiles,
+        InsufficientStorage,
     ),
     openapi_extra=_form_body("files", many=True),
 )

@@ -98,23 +98,33 @@ class Loaded:
         return None
 
 
-class Backend(Protocol):
-    """One storage system behind filegate."""
-
-    name: str
-    """The id prefix and ``backend`` field of FileInfo: ``local``, ``s3``, ``fastdfs``."""
-
+class Writer(Protocol):
     async def put(self, obj: NewObject, body: AsyncIterable[Chunk]) -> ObjectInfo:
         """Store ``body`` under ``obj.ref``, all of it or nothing."""
 
+
+class Reader(Protocol):
     async def head(self, ref: ObjectRef) -> ObjectInfo:
         """Describe a stored object; ``FileNotFound`` if there is none."""
 
     async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> ObjectStream:
         """Start reading an object, or the inclusive ``byte_range`` of it."""
 
+
+class Deleter(Protocol):
     async def delete(self, ref: ObjectRef) -> None:
         """Remove an object; a missing one is not an error."""
+
+
+class Backend(Writer, Reader, Deleter, Protocol):
+    """One storage system behind filegate: what every backend does. What only some can do is a
+    capability of its own below (``Lister``, ``BatchDeleter``, ``ServerCopier``, ``Presigner``,
+    ``ChecksumReader``, ``Fetcher``), tested with ``isinstance``; a wrapper such as the cache
+    has exactly the capabilities of what it wraps (docs/architecture.md, "Backends")."""
+
+    name: str
+    """The id prefix and ``backend`` field of FileInfo: ``local``, ``s3``, ``fastdfs``,
+    ``memory``."""
 
     async def check(self) -> None:
         """Raise ``StorageError`` unless the backend can serve now (for readiness)."""

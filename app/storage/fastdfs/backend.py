@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import re
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -29,30 +27,28 @@ from aiofdfs.async_connection import AsyncConnectionPool
 from aiofdfs.async_fdfs_protol import Storage_server, Tracker_header
 from aiofdfs.async_tracker_client import Async_Tracker_Client
 
-from app.errors import BackendUnavailable, FileNotFound, InvalidArgument, StorageError
+from app.errors import BackendUnavailable, FileNotFound, InvalidArgument
 from app.settings import Settings
 from app.storage.base import ByteRange, Chunk, NewObject, ObjectInfo, ObjectRef
 from app.storage.budget import Budget
 from app.storage.crc import crc32
 from app.storage.diskio import write_in_batches
+from app.storage.fastdfs.appender import Appender
 from app.storage.fastdfs.connection import Pool, StorageClient
 from app.storage.fastdfs.download import Download
 from app.storage.fastdfs.errors import AIOFDFS_ERRORS, Stage, translate
-from app.storage.validation import extension
+from app.storage.fastdfs.records import (
+    INTERNAL_KEYS,
+    NAME_KEY,
+    TYPE_KEY,
+    fdfs_ext,
+    records_for,
+    unfinished_upload,
+)
 
 ACTIVE_TEST = 111
-NAME_KEY = "OriginFileName"
-"""aiofdfs's own key for the original name, so files uploaded by earlier clients show theirs."""
-TYPE_KEY = "ContentType"
-TUS_KEY = "FilegateTus"
-"""Prefix of the records a resumable upload keeps its state in (``app.storage.tus.fastdfs``)."""
-TUS_STATE_KEY = f"{TUS_KEY}State"
-_INTERNAL_KEYS = ("Origin", TYPE_KEY, TUS_KEY)
-MAX_META_NAME = 64
-MAX_META_VALUE = 256
 SPOOL_CHUNK = 1024 * 1024
 """Read size when a spooled body is sent on to the storage."""
-_FDFS_EXT = re.compile(r"[A-Za-z0-9_-]{1,6}")
 
 
 class _BodyReader:
@@ -80,57 +76,6 @@ async def _file_chunks(file: IO[bytes]) -> AsyncIterator[bytes]:
     await anyio.to_thread.run_sync(file.seek, 0)
     while chunk := await anyio.to_thread.run_sync(file.read, SPOOL_CHUNK):
         yield chunk
-
-
-def _ext(name: str) -> str:
-    """FastDFS keeps up to 6 characters of ``[A-Za-z0-9._-]`` as the stored file's extension."""
-    ext = extension(name)
-    return ext if _FDFS_EXT.fullmatch(ext) else ""
-
-
-def records_for(obj: NewObject) -> dict[str, str]:
-    """The records stored with the file; refuses what FastDFS would store corrupted."""
-    records = {NAME_KEY: obj.file_name, TYPE_KEY: obj.content_type, **obj.metadata}
-    for name, value in records.items():
-        if len(name.encode()) > MAX_META_NAME or len(value.encode()) > MAX_META_VALUE:
-            raise InvalidArgument(
-                f"FastDFS keeps metadata names up to {MAX_META_NAME} bytes and values up to "
-                f"{MAX_META_VALUE} bytes; {name!r} is longer."
-            )
-        if any(c in name + value for c in "\x00\x01\x02"):
-            raise InvalidArgument(f"Metadata {name!r} holds a byte FastDFS uses as a separator.")
-    return records
-
-
-def upload_state_records(state: dict[str, Any]) -> dict[str, str]:
-    """A resumable upload's state as metadata records: its JSON (ASCII) cut into values FastDFS
-    keeps whole (``FilegateTusState000``, ``…001``, …; docs/tus.md, "FastDFS")."""
-    raw = json.dumps(state, ensure_ascii=True, separators=(",", ":"))
-    return {
-        f"{TUS_STATE_KEY}{n:03d}": raw[start : start + MAX_META_VALUE]
-        for n, start in enumerate(range(0, len(raw), MAX_META_VALUE))
-    }
-
-
-def upload_state(records: dict[str, str]) -> dict[str, Any] | None:
-    """The state ``upload_state_records`` stored, if the file carries one (``ValueError`` if it
-    is damaged)."""
-    parts = sorted((k, v) for k, v in records.items() if k.startswith(TUS_STATE_KEY))
-    if not parts:
-        return None
-    state = json.loads("".join(v for _, v in parts))
-    if not isinstance(state, dict):
-        raise ValueError("not a resumable upload's state")
-    return state
-
-
-def _unfinished_upload(records: dict[str, str]) -> bool:
-    """An appender file a resumable upload is still writing: not a file yet (docs/tus.md)."""
-    try:
-        state = upload_state(records)
-    except ValueError:
-        return True
-    return state is not None and not state.get("done")
 
 
 class FastDFSStream:
@@ -295,7 +240,7 @@ class FastDFSBackend:
                     reader,
                     size,
                     records,
-                    file_ext_name=_ext(obj.file_name),
+                    file_ext_name=fdfs_ext(obj.file_name),
                 ),
             )
         group, _, remote = str(answer["file_id"]).partition("/")
@@ -321,7 +266,7 @@ class FastDFSBackend:
                 records: dict[str, str] = await self._step(
                     "storage", storage.storage_get_metadata(self._tracker, server, ref.key)
                 )
-        if _unfinished_upload(records):
+        if unfinished_upload(records):
             raise FileNotFound("No such file (a resumable upload that is not complete).")
         crc = int(found["crc32"]) & 0xFFFFFFFF
         return ObjectInfo(
@@ -331,7 +276,7 @@ class FastDFSBackend:
             last_modified=datetime.fromtimestamp(int(found["create_timestamp"]), tz=UTC),
             file_name=records.get(NAME_KEY),
             content_type=records.get(TYPE_KEY),
-            metadata={k: v for k, v in records.items() if not k.startswith(_INTERNAL_KEYS)},
+            metadata={k: v for k, v in records.items() if not k.startswith(INTERNAL_KEYS)},
             crc32=crc,
         )
 
@@ -374,7 +319,7 @@ class FastDFSBackend:
                 answer = await self._step(
                     "storage",
                     storage.storage_upload_appender_by_buffer(
-                        None, server, b"", meta_dict=records, file_ext_name=_ext(obj.file_name)
+                        None, server, b"", meta_dict=records, file_ext_name=fdfs_ext(obj.file_name)
                     ),
                 )
         group, _, remote = str(answer["file_id"]).partition("/")
@@ -384,70 +329,3 @@ class FastDFSBackend:
         """The appender file ``ref``, on the storage server the tracker names for changes."""
         async with self._within_deadline():
             return Appender(self, ref, await self._locate(ref, update=True))
-
-
-class Appender:
-    """What a resumable upload does with its appender file, each step under the backend's
-    deadline. aiofdfs's high-level calls for these are broken (docs/fastdfs.md); its storage
-    protocol calls work when given the remote file name as bytes."""
-
-    def __init__(self, backend: FastDFSBackend, ref: ObjectRef, server: Storage_server) -> None:
-        self._backend = backend
-        self.ref = ref
-        self._server = server
-        self._remote = ref.key.encode()
-
-    @asynccontextmanager
-    async def _storage(self) -> AsyncIterator[StorageClient]:
-        async with self._backend._within_deadline(), self._backend._storage(self._server) as s:
-            yield s
-
-    async def records(self) -> dict[str, str]:
-        """Its metadata; ``{}`` when it has none or does not exist (FastDFS answers both alike)."""
-        async with self._storage() as storage:
-            found: dict[str, str] = await self._backend._step(
-                "storage",
-                storage.storage_get_metadata(None, self._server, self.ref.key),
-            )
-        return found
-
-    async def set_records(self, records: dict[str, str], *, merge: bool = False) -> None:
-        """Replace its metadata with ``records`` (or merge them in); ``FileNotFound``."""
-        async with self._storage() as storage:
-            status = await self._backend._step(
-                "storage",
-                storage.storage_set_metadata(
-                    self._server, self._remote, records, "M" if merge else "O"
-                ),
-            )
-        if status == 2:
-            raise FileNotFound("No such file.")
-        if status:
-            raise StorageError(f"FastDFS refused the metadata (errno {status}).", backend="fastdfs")
-
-    async def write(self, offset: int, data: memoryview) -> None:
-        """Write ``data`` at ``offset`` (at most the current size): MODIFY_FILE."""
-        async with self._storage() as storage:
-            await self._backend._step(
-                "storage",
-                storage.storage_modify_by_buffer(
-                    None, self._server, data, offset, len(data), self._remote
-                ),
-            )
-
-    async def truncate(self, size: int) -> None:
-        async with self._storage() as storage:
-            await self._backend._step(
-                "storage", storage.storage_truncate_file(None, self._server, size, self._remote)
-            )
-
-    async def size_and_crc32(self) -> tuple[int, int]:
-        """As the storage has it; for an appender file it computes the CRC-32 from the bytes."""
-        async with self._storage() as storage:
-            found: dict[str, Any] = await self._backend._step(
-                "storage", storage.storage_query_file_info(self._server, self.ref.key)
-            )
-        return int(found["file_size"]), int(found["crc32"]) & 0xFFFFFFFF
-
-    async def delete(self) -> None:
-        await self._backend.delete(self.ref)

@@ -46,10 +46,10 @@ from app.errors import (
 )
 from app.storage.base import NewObject, ObjectRef
 from app.storage.crc import crc32
-from app.storage.fastdfs.backend import (
+from app.storage.fastdfs.appender import Appender
+from app.storage.fastdfs.backend import FastDFSBackend
+from app.storage.fastdfs.records import (
     TUS_KEY,
-    Appender,
-    FastDFSBackend,
     records_for,
     upload_state,
     upload_state_records,
