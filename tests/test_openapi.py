@@ -71,9 +71,9 @@ def test_every_error_response_is_declared_with_its_schema(spec: dict[str, Any]) 
     error_ref = "#/components/schemas/ErrorBody"
     assert set(spec["components"]["schemas"]["ErrorBody"]["properties"]) >= {"detail", "code"}
     expected = {
-        "upload_file": {"400", "401", "403", "408", "413", "500", "503"},
-        "upload_raw": {"400", "401", "403", "408", "413", "500", "503"},
-        "batch_upload": {"400", "401", "403", "408", "413", "500", "503"},
+        "upload_file": {"400", "401", "403", "408", "413", "500", "503", "507"},
+        "upload_raw": {"400", "401", "403", "408", "413", "500", "503", "507"},
+        "batch_upload": {"400", "401", "403", "408", "413", "500", "503", "507"},
         "download_file": {"400", "401", "403", "404", "416", "500", "503"},
         "get_file_info": {"400", "401", "403", "404", "500", "503"},
         "delete_file": {"400", "401", "403", "500", "503"},
