@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,9 +40,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-
-import boto3
-from botocore.config import Config
 
 from bench.common import (
     GiB,
@@ -55,7 +53,7 @@ from bench.common import (
     rss_mib,
     seaweedfs,
 )
-from tests.servers import ADMIN, HOST, SeaweedFS, Service, free_port
+from tests.servers import HOST, Service, free_port
 
 BUCKET = "bench"
 KEY = "bench-key-0123456789abcdef0123"
@@ -178,7 +176,11 @@ def working_set(s3: Any, files: int, work: Path) -> tuple[Path, int]:
     for i in range(files):
         size = int(math.exp(rng.uniform(math.log(4 * 1024), math.log(256 * 1024))))
         key = f"ws/{i:016x}_f{i}.bin"
-        s3.put_object(Bucket=BUCKET, Key=key, Body=os.urandom(size))
+        body = os.urandom(
+            size
+        )  # as filegate stores it: with its CRC-32 (app/storage/s3/metadata.py)
+        crc = {"filegate-crc32": f"{zlib.crc32(body):08x}", "filegate-name": f"f{i}.bin"}
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body, Metadata=crc)
         paths.append(f"/files/{quote(f's3:{BUCKET}/{key}')}/download")
         total += size
     rng.shuffle(paths)  # popularity is not key order
@@ -270,7 +272,7 @@ def main() -> None:
             try:
                 for service in services.values():
                     service.start(work)
-                s3 = _admin(seaweed)
+                s3 = seaweed.admin()
                 for run in range(args.runs):
                     print(f"run {run + 1}/{args.runs}: hot", file=sys.stderr, flush=True)
                     hot(results, services, args, small)
@@ -300,17 +302,6 @@ def main() -> None:
 
 def _nginx_pid(work: Path) -> int:
     return int((work / "nginx.pid").read_text().split()[0])
-
-
-def _admin(seaweed: SeaweedFS) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=seaweed.endpoint,
-        aws_access_key_id=ADMIN[0],
-        aws_secret_access_key=ADMIN[1],
-        region_name="us-east-1",
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ creation of signed links. What to answer is decided by ``app.api.decision`` befo
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -15,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from app.access import LinkTerms, Principal
 from app.api.auth import PrincipalDep, keyring_of, presented_key, signer_of
-from app.api.decision import decide, disposition, is_plain
+from app.api.decision import Decision, decide, disposition, is_plain
 from app.api.deps import FileIdDep, FilesDep, direct_route, files_of
 from app.api.errors import declare
 from app.api.responses import ObjectStreamResponse
@@ -30,7 +31,7 @@ from app.errors import (
 from app.storage.base import Loaded
 from app.storage.ids import FileId, parse_file_id
 from app.storage.service import FileService
-from app.storage.stored import content_type_for
+from app.storage.stored import StoredFile, content_type_for
 from app.storage.validation import check_file_name
 
 router = APIRouter(prefix="/files", tags=["files"])
@@ -74,6 +75,16 @@ class Admitted:
     cache_control: str
     """``DOWNLOAD_CACHE_CONTROL`` with a key; a signed link may be kept by any cache (the URL is
     the credential) until it expires (docs/api.md, "Caching")."""
+
+    def decide(self, stored: StoredFile, request_headers: Mapping[str, str]) -> Decision:
+        """What to answer for ``stored`` to a request with these headers."""
+        return decide(
+            stored.info,
+            self.filename or stored.name,
+            inline=self.inline,
+            request_headers=request_headers,
+            cache_control=self.cache_control,
+        )
 
 
 async def admit_download(
@@ -128,27 +139,13 @@ async def download_file(request: Request, admitted: AdmittedDep) -> Response:
         # Nothing to decide before the body: one round trip where the backend can (S3: one GET).
         stored, stream = await files.fetch(admitted.principal, admitted.file_id)
         try:
-            name = admitted.filename or stored.name
-            decision = decide(
-                stored.info,
-                name,
-                inline=admitted.inline,
-                request_headers={},
-                cache_control=admitted.cache_control,
-            )
+            decision = admitted.decide(stored, {})
         except BaseException:
             await stream.aclose()
             raise
     else:
         stored = await files.info(admitted.principal, admitted.file_id)
-        name = admitted.filename or stored.name
-        decision = decide(
-            stored.info,
-            name,
-            inline=admitted.inline,
-            request_headers=request.headers,
-            cache_control=admitted.cache_control,
-        )
+        decision = admitted.decide(stored, request.headers)
         if not decision.has_body:
             return Response(status_code=decision.status, headers=decision.headers)
         stream = await files.open(admitted.principal, stored, decision.byte_range)
@@ -172,14 +169,7 @@ async def download_file_head(request: Request, admitted: AdmittedDep) -> Respons
     """The headers a download would send, without the body."""
     files = admitted.files
     stored = await files.info(admitted.principal, admitted.file_id)
-    name = admitted.filename or stored.name
-    decision = decide(
-        stored.info,
-        name,
-        inline=admitted.inline,
-        request_headers=request.headers,
-        cache_control=admitted.cache_control,
-    )
+    decision = admitted.decide(stored, request.headers)
     media_type = decision.media_type if decision.has_body else None
     return Response(status_code=decision.status, headers=decision.headers, media_type=media_type)
 

@@ -12,17 +12,28 @@ arrive and gets ``507`` (``InsufficientStorage``) the moment it would go over, k
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from app.errors import FileNotFound, InsufficientStorage, InvalidArgument
-from app.storage.base import ByteRange, Chunk, Listing, NewObject, ObjectInfo, ObjectRef
+from app.storage.base import (
+    ByteRange,
+    Chunk,
+    Listing,
+    Loaded,
+    NewObject,
+    ObjectInfo,
+    ObjectRef,
+    ObjectStream,
+)
 from app.storage.crc import crc32
 
 PIECE = 1024 * 1024
 """Bytes gathered into one stored piece (and the most one download chunk carries)."""
+INLINE_READ = 256 * 1024
+"""A read this small is answered as bytes, not a stream."""
 
 
 class Room:
@@ -101,15 +112,8 @@ class MemoryStream:
         self._end = end  # exclusive
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
-        stored, position = self._stored, self._start
-        index = bisect.bisect_right(stored.starts, position) - 1
-        while position < self._end:
-            piece = stored.pieces[index]
-            offset = position - stored.starts[index]
-            take = min(len(piece) - offset, self._end - position)
-            yield memoryview(piece)[offset : offset + take]
-            position += take
-            index += 1
+        for view in _views(self._stored, self._start, self._end):
+            yield view
 
     async def aclose(self) -> None:
         return None
@@ -142,16 +146,15 @@ class MemoryBackend:
     async def head(self, ref: ObjectRef) -> ObjectInfo:
         return self._get(ref).info
 
-    async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> MemoryStream:
+    async def open(self, ref: ObjectRef, byte_range: ByteRange | None = None) -> ObjectStream:
         stored = self._get(ref)
         if byte_range is None:
-            return MemoryStream(stored, 0, stored.info.size)
-        end = min(byte_range.end + 1, stored.info.size)
-        return MemoryStream(stored, byte_range.start, end)
+            return _span(stored, 0, stored.info.size)
+        return _span(stored, byte_range.start, min(byte_range.end + 1, stored.info.size))
 
-    async def fetch(self, ref: ObjectRef) -> tuple[ObjectInfo, MemoryStream]:
+    async def fetch(self, ref: ObjectRef) -> tuple[ObjectInfo, ObjectStream]:
         stored = self._get(ref)
-        return stored.info, MemoryStream(stored, 0, stored.info.size)
+        return stored.info, _span(stored, 0, stored.info.size)
 
     async def put(self, obj: NewObject, body: AsyncIterable[Chunk]) -> ObjectInfo:
         received = Pieces(self.room)
@@ -249,6 +252,25 @@ class MemoryBackend:
             last = key
             index += 1
         return Listing(objects, folders, None)
+
+
+def _span(stored: _Stored, start: int, end: int) -> ObjectStream:
+    """A small span as bytes (served without a stream, like every backend's small reads), a
+    larger one as views of the pieces."""
+    if end - start <= INLINE_READ:
+        return Loaded(b"".join(bytes(chunk) for chunk in _views(stored, start, end)))
+    return MemoryStream(stored, start, end)
+
+
+def _views(stored: _Stored, start: int, end: int) -> Iterator[memoryview]:
+    index = bisect.bisect_right(stored.starts, start) - 1
+    while start < end:
+        piece = stored.pieces[index]
+        offset = start - stored.starts[index]
+        take = min(len(piece) - offset, end - start)
+        yield memoryview(piece)[offset : offset + take]
+        start += take
+        index += 1
 
 
 def _starts(pieces: Iterable[bytes]) -> tuple[int, ...]:

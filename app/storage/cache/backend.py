@@ -48,6 +48,10 @@ SMALL = 256 * 1024
 """Files up to this size are filled in memory and written in one thread hop; entries (or ranges)
 up to it are read in the thread hop that opens them."""
 WRITE_BATCH = 1024 * 1024
+READ_IN_LOOP = 64 * 1024
+"""Entries (or ranges) up to this size are read on the event loop: an entry was written or read
+moments ago, so its pages are in memory and ``pread`` costs microseconds, a tenth of a hop to a
+worker thread and back (the hot path of a small file; docs/performance.md, "The cache")."""
 _MD5_ETAG = re.compile(r'"([0-9a-f]{32})"')
 
 
@@ -129,8 +133,14 @@ class CachedBackend:
         self, entry: Entry, byte_range: ByteRange | None, *, hit: bool = True
     ) -> ObjectStream | None:
         """The entry's bytes (or range); None if its file went away meanwhile (evicted)."""
+        length = entry.info.size if byte_range is None else byte_range.length
         try:
-            stream = await anyio.to_thread.run_sync(_open, entry.path, entry.info.size, byte_range)
+            if length <= READ_IN_LOOP:
+                stream: ObjectStream = _read_small(entry.path, entry.info.size, byte_range)
+            else:
+                stream = await anyio.to_thread.run_sync(
+                    _open, entry.path, entry.info.size, byte_range
+                )
         except OSError:
             return None
         if not hit:  # just filled by this request
@@ -276,6 +286,20 @@ def _open(path: str, size: int, byte_range: ByteRange | None) -> ObjectStream:
     except BaseException:
         file.close()
         raise
+
+
+def _read_small(path: str, size: int, byte_range: ByteRange | None) -> Loaded:
+    start, length = 0, size
+    if byte_range is not None:
+        start, length = byte_range.start, min(byte_range.length, size - byte_range.start)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.pread(fd, length, start)
+    finally:
+        os.close(fd)
+    if len(data) != length:
+        raise OSError(f"the entry {path} is shorter than its record")
+    return Loaded(data)
 
 
 def _write_whole(temp: str, data: bytes) -> None:

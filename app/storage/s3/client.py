@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aioboto3
 import uvloop
@@ -103,23 +104,53 @@ async def open_clients(
     _write_head_and_body_apart()
     config = _config(settings)
 
-    async def client(key_id: str | None, secret: str | None) -> S3Client:
+    def client(key_id: str | None, secret: str | None) -> S3Client:
         credentials: dict[str, Any] = {}
         if key_id and secret:  # otherwise boto's default credential chain
             credentials = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
-        opened: S3Client = await stack.enter_async_context(
-            session.client(
-                "s3",
-                endpoint_url=settings.s3_endpoint,
-                region_name=settings.s3_region,
-                config=config,
-                **credentials,
-            )
-        )
-        return opened
 
-    write = await client(settings.s3_access_key_id, reveal(settings.s3_secret_access_key))
+        async def opened() -> S3Client:
+            made: S3Client = await stack.enter_async_context(
+                session.client(
+                    "s3",
+                    endpoint_url=settings.s3_endpoint,
+                    region_name=settings.s3_region,
+                    config=config,
+                    **credentials,
+                )
+            )
+            return made
+
+        return cast(S3Client, LazyClient(opened))
+
+    write = client(settings.s3_access_key_id, reveal(settings.s3_secret_access_key))
     if not settings.s3_read_access_key_id:
         return write, write
-    read = await client(settings.s3_read_access_key_id, reveal(settings.s3_read_secret_access_key))
+    read = client(settings.s3_read_access_key_id, reveal(settings.s3_read_secret_access_key))
     return write, read
+
+
+class LazyClient:
+    """An aiobotocore client opened at its first call: the reads and small writes of most
+    requests go through obstore (``objects``), and botocore's models take about 12 MiB, so a
+    process that never lists, copies, presigns or uploads a large file never loads them
+    (docs/performance.md, "Memory"). Every method is called as ``await client.method(...)``."""
+
+    def __init__(self, opened: Callable[[], Awaitable[S3Client]]) -> None:
+        self._open = opened
+        self._client: S3Client | None = None
+        self._opening = asyncio.Lock()
+
+    async def client(self) -> S3Client:
+        if self._client is None:
+            async with self._opening:
+                if self._client is None:
+                    self._client = await self._open()
+        return self._client
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            method = getattr(await self.client(), name)
+            return await method(*args, **kwargs)
+
+        return call

@@ -132,9 +132,9 @@ class S3Core:
         return crc
 
     async def check(self) -> None:
-        """``head_bucket`` on the default bucket, with the read pair."""
-        with translate_errors():
-            await self._read.head_bucket(Bucket=self._probe_bucket)
+        """The first page of a listing of the default bucket, with the read pair, through
+        obstore (a readiness probe never loads botocore's models: ``LazyClient``)."""
+        await self._objects.check(self._probe_bucket)
 
     async def ensure_bucket(self, bucket: str, region: str) -> None:
         """Create ``bucket`` if it does not exist (with the write pair); ``S3Refusal`` if S3

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 Credentials = Callable[[], Coroutine[Any, Any, "S3Credential"]]
 """An async ``S3CredentialProvider`` for obstore."""
 STREAM_CHUNK = 1024 * 1024
+CHECK_PREFIX = ".filegate-readyz/"
+"""What readiness lists: a prefix that holds nothing, so the answer is small."""
 _ATTRIBUTES = {
     "Content-Disposition",
     "Content-Encoding",
@@ -127,6 +129,13 @@ class ObjectClient:
 
         self._read = {bucket: store(bucket, read) for bucket in buckets}
         self._write = {bucket: store(bucket, write) for bucket in buckets}
+
+    async def check(self, bucket: str) -> None:
+        """List one page of ``bucket`` with the read pair: S3 answers, the pair may read, the
+        bucket exists (a HEAD cannot tell a missing bucket from a missing key)."""
+        with translate():
+            async for _ in obstore.list(self._read[bucket], CHECK_PREFIX, chunk_size=1):
+                break
 
     async def head(self, ref: ObjectRef) -> ObjectInfo:
         with translate():
