@@ -179,8 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestMiddleware, metrics=app.state.metrics, client_timeout=settings.client_idle_timeout
     )
     errors.install(app)
-    # Downloads early: a route is found by trying each in turn, and downloads are the commonest.
-    for module in (tus, downloads, folders, zip, uploads, files, ops):
+    for module in (tus, folders, zip, uploads, downloads, files, ops):
         app.include_router(module.router)
     openapi.install(app, settings)
     return app

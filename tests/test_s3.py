@@ -17,6 +17,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from app.main import create_app
+from app.storage.s3.client import LazyClient
 from tests.conftest import (
     SIGNING_SECRET as SECRET,
 )
@@ -309,3 +310,28 @@ async def test_a_multipart_files_crc_is_remembered_for_its_etag(
             assert heads() == 1  # and remembered
     finally:
         relay.close()
+
+
+async def test_small_files_and_readiness_never_open_the_aiobotocore_clients(
+    seaweed: SeaweedFS, bucket: str
+) -> None:
+    """Small uploads, downloads, HEAD, info, delete and /readyz go through obstore: botocore's
+    models (about 12 MiB) are loaded only by what needs aiobotocore, here a listing."""
+    app = create_app(s3_settings(seaweed.endpoint, bucket))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://filegate") as client:
+            backend = app.state.routes.targets["s3"].backend
+            clients = (backend.write_client, backend.read_client)
+            assert all(isinstance(c, LazyClient) for c in clients)
+            stored = await client.put("/files/upload/small.txt", content=b"small")
+            file_id = stored.json()["file_id"]
+            assert (await client.get(f"/files/{file_id}/download")).content == b"small"
+            assert (await client.head(f"/files/{file_id}/download")).status_code == 200
+            assert (await client.get(f"/files/{file_id}/info")).status_code == 200
+            assert (await client.get("/readyz")).status_code == 200
+            assert (await client.delete(f"/files/{file_id}")).status_code == 200
+            assert not any(c.opened for c in clients)
+            listed = await client.get("/files", params={"prefix": f"s3:{bucket}/"})
+            assert listed.status_code == 200
+            assert backend.read_client.opened

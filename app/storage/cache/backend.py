@@ -195,18 +195,22 @@ class CachedBackend:
                 return data
             file: IO[bytes] | None = None
             try:
+                # opened here, not in a worker thread: a thread's result is lost when the task
+                # is cancelled meanwhile, and the file with it
+                file = open(temp, "xb", buffering=0)  # noqa: SIM115, ASYNC230 - a create
                 batch: list[Chunk] = []
                 size = 0
                 async for chunk in _checked(stream, check):
                     batch.append(chunk)
                     size += len(chunk)
                     if size >= WRITE_BATCH:
-                        file = await anyio.to_thread.run_sync(_write, temp, batch, file)
+                        await anyio.to_thread.run_sync(_write, file, batch)
                         batch, size = [], 0
                 check.finish()
-                file = await anyio.to_thread.run_sync(_write, temp, batch, file)
+                await anyio.to_thread.run_sync(_write, file, batch)
             except OSError as exc:
                 self.store.warn(exc)
+                await anyio.to_thread.run_sync(_remove, temp)
                 return None
             finally:
                 if file is not None:
@@ -307,16 +311,13 @@ def _write_whole(temp: str, data: bytes) -> None:
         file.write(data)
 
 
-def _write(temp: str, batch: list[Chunk], file: IO[bytes] | None) -> IO[bytes]:
-    if file is None:
-        file = open(temp, "xb", buffering=0)  # noqa: SIM115 - closed by the fill
+def _write(file: IO[bytes], batch: list[Chunk]) -> None:
     for chunk in batch:
         file.write(chunk)
-    return file
 
 
 def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):  # gone already, or its directory is
         os.unlink(path)
 
 

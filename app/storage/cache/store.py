@@ -183,7 +183,7 @@ class CacheStore:
 
 
 def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):  # gone already, or its directory is
         os.unlink(path)
 
 

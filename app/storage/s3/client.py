@@ -141,6 +141,10 @@ class LazyClient:
         self._client: S3Client | None = None
         self._opening = asyncio.Lock()
 
+    @property
+    def opened(self) -> bool:
+        return self._client is not None
+
     async def client(self) -> S3Client:
         if self._client is None:
             async with self._opening:
