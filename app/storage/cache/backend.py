@@ -55,6 +55,14 @@ worker thread and back (the hot path of a small file; docs/performance.md, "The 
 _MD5_ETAG = re.compile(r'"([0-9a-f]{32})"')
 
 
+class _Flight:
+    """A fill under way, and how many requests wait for it."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters = 0
+
+
 class Unverifiable(Exception):
     """What the backend sent does not match what it described: never kept."""
 
@@ -67,7 +75,7 @@ class CachedBackend:
         self.inner = inner
         self.store = store
         self.name = inner.name
-        self._flights: dict[str, asyncio.Future[None]] = {}
+        self._flights: dict[str, _Flight] = {}
 
     def _key(self, ref: ObjectRef) -> str:
         return self.store.key(self.name, ref.bucket, ref.key)
@@ -105,7 +113,8 @@ class CachedBackend:
         key = self._key(ref)
         entry = self.store.lookup(key)
         if entry is None and (flight := self._flights.get(key)) is not None:
-            await asyncio.shield(flight)
+            flight.waiters += 1
+            await asyncio.shield(flight.done)
             entry = self.store.lookup(key)
             if entry is None:  # not kept (too large, or a failure): read it as it is
                 self.store.events.miss(self.name)
@@ -113,13 +122,13 @@ class CachedBackend:
         if entry is not None and (stream := await self._serve(entry, byte_range)) is not None:
             return entry.info, stream
         self.store.events.miss(self.name)
-        flight = asyncio.get_running_loop().create_future()
+        flight = _Flight()
         self._flights[key] = flight
         try:
-            return await self._fill(key, ref, byte_range)
+            return await self._fill(key, ref, byte_range, flight)
         finally:
             del self._flights[key]
-            flight.set_result(None)
+            flight.done.set_result(None)
 
     async def _uncached(
         self, ref: ObjectRef, byte_range: ByteRange | None
@@ -151,18 +160,19 @@ class CachedBackend:
         return stream
 
     async def _fill(
-        self, key: str, ref: ObjectRef, byte_range: ByteRange | None
+        self, key: str, ref: ObjectRef, byte_range: ByteRange | None, flight: _Flight
     ) -> tuple[ObjectInfo, ObjectStream]:
         """Read the whole file from ``inner`` and keep it, then serve ``byte_range`` of it. A
-        file too large, or one a failing disk could not keep, is served uncached (``inner`` is
-        asked again if part of its stream was spent on the disk)."""
+        file asked for the first time by one request alone, a file too large, or one a failing
+        disk could not keep, is served uncached (``inner`` is asked again if part of its stream
+        was spent on the disk)."""
         if isinstance(self.inner, Fetcher):
             info, stream = await self.inner.fetch(ref)
-            if info.size > self.store.max_file_size:
+            if not self._admits(key, info, flight):
                 return info, await _ranged(stream, byte_range, self.inner, ref)
         else:
             info = await self.inner.head(ref)
-            if info.size > self.store.max_file_size:
+            if not self._admits(key, info, flight):
                 return info, await self.inner.open(ref, byte_range)
             stream = await self.inner.open(ref)
         try:
@@ -222,6 +232,15 @@ class CachedBackend:
             raise
         finally:
             await stream.aclose()
+
+    def _admits(self, key: str, info: ObjectInfo, flight: _Flight) -> bool:
+        """Whether to keep a file: not too large, and asked for before (since the store last
+        forgot what it had seen), or by other requests now. A file asked for once is not worth
+        a create, a write and the eviction of one that is asked for again."""
+        if info.size > self.store.max_file_size:
+            return False
+        seen = self.store.seen(key)
+        return seen or flight.waiters > 0
 
     def _admit(self, key: str, info: ObjectInfo, temp: str) -> Entry | None:
         entry = self.store.admit(key, info, temp)

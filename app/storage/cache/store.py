@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 LOCK = "lock"
 TMP_PREFIX = ".fill-"
+SEEN_MAX = 65_536
+"""Files remembered as asked for once (``seen``); then the memory starts afresh."""
 WARN_EVERY = 60.0
 """Seconds between two warnings about the cache's disk."""
 
@@ -87,6 +89,7 @@ class CacheStore:
         self._names = itertools.count()
         self._warned = -WARN_EVERY
         self._lock_file: IO[bytes] | None = None
+        self._seen: set[int] = set()
 
     @classmethod
     def open(cls, root: Path, **kwargs: Any) -> CacheStore | None:
@@ -121,6 +124,19 @@ class CacheStore:
             return None
         self._index.move_to_end(key)
         return entry
+
+    def seen(self, key: str) -> bool:
+        """Whether ``key`` was asked for before (and remember that it now was): a file is kept
+        from its second request on, so files asked for once never push out those asked for
+        again. At most ``SEEN_MAX`` keys are remembered, 64 bits each, then the memory starts
+        afresh (as TinyLFU's doorkeeper does)."""
+        short = int(key[:16], 16)
+        if short in self._seen:
+            return True
+        if len(self._seen) >= SEEN_MAX:
+            self._seen.clear()
+        self._seen.add(short)
+        return False
 
     def evict(self, key: str) -> None:
         """Forget an entry at once and remove its file (a reader that opened it keeps reading)."""
