@@ -136,8 +136,8 @@ class Results:
         lines = ["| measurement | median | range |", "|---|---|---|"]
         for name, values in self.values.items():
             median = statistics.median(values)
-            spread = f"{min(values):.3g} to {max(values):.3g}" if len(values) > 1 else ""
-            lines.append(f"| {name} | {median:.3g} | {spread} |")
+            spread = f"{min(values):.4g} to {max(values):.4g}" if len(values) > 1 else ""
+            lines.append(f"| {name} | {median:.4g} | {spread} |")
         return "\n".join(lines) + "\n"
 
 
