@@ -379,6 +379,17 @@ async def test_a_new_process_never_trusts_what_a_dead_one_left(tmp_path: Path) -
     second.close()
 
 
+def test_a_cache_directory_that_cannot_be_used_at_start_is_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CACHE_DIR naming a file (or anything that cannot hold a directory): no cache, a warning
+    naming the setting, and the service starts (``open_cache`` then wraps nothing)."""
+    taken = tmp_path / "a-file"
+    taken.write_bytes(b"not a directory")
+    assert CacheStore.open(taken, max_size=MiB, max_file_size=MiB, ttl=60) is None
+    assert "CACHE_DIR" in caplog.text and "serving without a cache" in caplog.text
+
+
 # --- end to end: filegate as a process, with and without the cache, over one bucket ---
 
 IGNORED = {"date", "x-request-id", "server"}
