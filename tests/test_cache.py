@@ -67,6 +67,19 @@ class Counting:
         await self.inner.check()
 
 
+class CountingFetcher(Counting):
+    """``Counting`` for a backend that can fetch (S3): counts the fetches too."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.fetches = 0
+
+    async def fetch(self, ref: ObjectRef) -> tuple[ObjectInfo, ObjectStream]:
+        self.fetches += 1
+        result: tuple[ObjectInfo, ObjectStream] = await self.inner.fetch(ref)
+        return result
+
+
 class Slow:
     def __init__(self, stream: ObjectStream, delay: float) -> None:
         self.stream = stream
@@ -183,6 +196,27 @@ async def test_a_file_asked_for_once_is_not_kept(
     reads = backend.reads
     assert await read((await front.fetch(twice.ref))[1]) == b"asked for twice"
     assert backend.reads == reads
+
+
+async def test_a_first_ranged_read_asks_for_the_range_alone(
+    seaweed: SeaweedFS, store: CacheStore
+) -> None:
+    """A range asked for the first time is not kept, so only the range is read from S3 (no GET
+    of the whole file thrown away); the second time the file is kept, then served from it."""
+    async with AsyncExitStack() as stack:
+        bucket = await created_bucket(seaweed.endpoint)
+        settings = s3_settings(seaweed.endpoint, bucket)
+        backend = CountingFetcher(await open_s3_backend(settings, stack, Budget(64 * MiB, 5)))
+        data = os.urandom(100_000)
+        info = await backend.put(new(bucket, "ranged.bin"), chunks(data))
+        front = cached(backend, store)
+        part = ByteRange(1000, 1999)
+        assert await read(await front.open(info.ref, part)) == data[1000:2000]
+        assert (backend.fetches, backend.reads, store.used) == (0, 1, 0)
+        assert await read(await front.open(info.ref, part)) == data[1000:2000]
+        assert (backend.fetches, backend.reads, store.used) == (1, 1, len(data))
+        assert await read(await front.open(info.ref, part)) == data[1000:2000]
+        assert (backend.fetches, backend.reads) == (1, 1)
 
 
 async def test_an_entry_describes_the_file_as_the_backend_does(

@@ -82,12 +82,20 @@ class Pieces:
         return tuple(self.pieces)
 
     def cut(self, size: int) -> None:
-        """Keep only the first ``size`` bytes (a tus PATCH that may not keep what it sent)."""
-        whole = b"".join(self.seal())
+        """Keep only the first ``size`` bytes (a tus PATCH that may not keep what it sent):
+        whole pieces stay as they are, the one the cut falls in is shortened, and the CRC-32 is
+        taken again over what stays, piece by piece (never a copy of the whole)."""
+        kept: list[bytes] = []
+        crc = position = 0
+        for piece in self.seal():
+            if position >= size:
+                break
+            part = piece[: size - position]  # the piece itself when it fits whole
+            kept.append(part)
+            crc = crc32(part, crc)
+            position += len(part)
         self.room.give(self.size - size)
-        self.pieces = [whole[i : i + PIECE] for i in range(0, size, PIECE)]
-        self.size = size
-        self.crc32 = crc32(whole[:size])
+        self.pieces, self.size, self.crc32 = kept, size, crc
 
     def drop(self) -> None:
         self.room.give(self.size)

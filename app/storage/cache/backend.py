@@ -166,13 +166,16 @@ class CachedBackend:
         file asked for the first time by one request alone, a file too large, or one a failing
         disk could not keep, is served uncached (``inner`` is asked again if part of its stream
         was spent on the disk)."""
+        first = not self.store.seen(key)
+        if first and byte_range is not None:  # not kept now: ask for the range alone
+            return await self._uncached(ref, byte_range)
         if isinstance(self.inner, Fetcher):
             info, stream = await self.inner.fetch(ref)
-            if not self._admits(key, info, flight):
+            if not self._admits(info, first, flight):
                 return info, await _ranged(stream, byte_range, self.inner, ref)
         else:
             info = await self.inner.head(ref)
-            if not self._admits(key, info, flight):
+            if not self._admits(info, first, flight):
                 return info, await self.inner.open(ref, byte_range)
             stream = await self.inner.open(ref)
         try:
@@ -233,14 +236,11 @@ class CachedBackend:
         finally:
             await stream.aclose()
 
-    def _admits(self, key: str, info: ObjectInfo, flight: _Flight) -> bool:
+    def _admits(self, info: ObjectInfo, first: bool, flight: _Flight) -> bool:
         """Whether to keep a file: not too large, and asked for before (since the store last
         forgot what it had seen), or by other requests now. A file asked for once is not worth
         a create, a write and the eviction of one that is asked for again."""
-        if info.size > self.store.max_file_size:
-            return False
-        seen = self.store.seen(key)
-        return seen or flight.waiters > 0
+        return info.size <= self.store.max_file_size and (not first or flight.waiters > 0)
 
     def _admit(self, key: str, info: ObjectInfo, temp: str) -> Entry | None:
         entry = self.store.admit(key, info, temp)
