@@ -116,6 +116,11 @@ class Principal:
 
 OPEN = Principal("anonymous", ALL_SCOPES)
 """Everyone, when no key is configured."""
+OPEN_WARNING = (
+    "No API keys configured (API_KEYS, API_KEYS_FILE): "
+    "anyone who can reach this service may read, write and delete files."
+)
+"""Logged at start-up, and shown by the console, when the service is open."""
 
 
 class Keyring:

@@ -18,8 +18,20 @@ from typing import TypedDict
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from app.access import Keyring, LinkSigner
-from app.api import downloads, errors, files, folders, openapi, ops, tus, uploads, zip
+from app.access import OPEN_WARNING, Keyring, LinkSigner
+from app.api import (
+    about,
+    console,
+    downloads,
+    errors,
+    files,
+    folders,
+    openapi,
+    ops,
+    tus,
+    uploads,
+    zip,
+)
 from app.api.middleware import RequestMiddleware
 from app.metrics import Metrics
 from app.settings import Settings, reveal
@@ -54,6 +66,7 @@ class State(TypedDict):
     links: LinkSigner
     metrics_key: str | None
     cache_control: str
+    deployment: about.Deployment
 
 
 def _settle_the_heap() -> None:
@@ -116,10 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             keyring = Keyring(settings.keys)
             if keyring.open:
-                log.warning(
-                    "No API keys configured (API_KEYS, API_KEYS_FILE): "
-                    "anyone who can reach this service may read, write and delete files."
-                )
+                log.warning(OPEN_WARNING)
             if settings.storage_mode == "memory":
                 log.warning(
                     "STORAGE_MODE=memory: files are kept in this process's memory only (up to "
@@ -150,6 +160,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
                 "metrics_key": reveal(settings.metrics_api_key),
                 "cache_control": settings.download_cache_control,
+                "deployment": about.Deployment(
+                    storage_mode=settings.storage_mode,
+                    links=settings.signing_secret is not None,
+                    link_max_expires=settings.link_max_expires,
+                    max_file_size=int(settings.max_file_size) or None,
+                    tus=resumable is not None,
+                ),
             }
 
     app = FastAPI(
@@ -157,6 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Upload, download, zip, delete and inspect files on local disk, S3 or FastDFS.",
         lifespan=lifespan,
+        docs_url=None,  # served from filegate's own assets (app/api/console.py): no CDN
+        redoc_url=None,
         # filegate's own metrics and request log (app/api/middleware.py) describe every request;
         # FastAPI's OpenTelemetry hooks would only cost a provider lookup per request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -179,7 +198,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestMiddleware, metrics=app.state.metrics, client_timeout=settings.client_idle_timeout
     )
     errors.install(app)
-    for module in (tus, folders, zip, uploads, downloads, files, ops):
+    for module in (tus, folders, zip, uploads, downloads, files, ops, about):
         app.include_router(module.router)
+    console.install(app, console=settings.console_enabled, public_base_url=settings.public_base_url)
     openapi.install(app, settings)
     return app

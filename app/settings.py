@@ -133,6 +133,7 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     cors_allow_origins: CommaList = Field(default_factory=list)
     cors_allow_credentials: bool = False
+    console_enabled: bool = True
 
     _file_keys: list[KeySpec] = PrivateAttr(default_factory=list)
 
