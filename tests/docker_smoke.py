@@ -165,6 +165,16 @@ def smoke(image: str, work: Path) -> None:
         say(
             f"smoke: upload 201 ({big}), range 206 (1000 bytes), zip 200 ({len(archive.content)} bytes, verified)"
         )
+        page = httpx.get(f"{url}/console/", timeout=10)
+        assert (
+            page.status_code == 200
+            and "script-src 'self'" in page.headers["content-security-policy"]
+        )
+        scripts = [part.split('"')[0] for part in page.text.split('src="../')[1:]]
+        for script in scripts:  # the package data made it into the image, hashes intact
+            assert httpx.get(f"{url}/{script}", timeout=10).status_code == 200, script
+        assert httpx.get(f"{url}/docs", timeout=10).status_code == 200
+        say(f"console: /console/ 200 with its {len(scripts)} assets, /docs 200")
 
         # docker stop in the middle of a slow download: it finishes, then the container exits
         out = work / "during-stop.bin"
