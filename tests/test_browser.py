@@ -181,21 +181,26 @@ TUS_JS_VERSION = "4.3.1"
 NPM_CACHE = Path.home() / ".cache" / "filegate-ci" / "npm"
 
 
-@pytest.fixture(scope="session")
-def tus_js() -> Path:
-    """tus-js-client's browser bundle, from the npm registry (kept in a cache directory)."""
-    prefix = NPM_CACHE / f"tus-js-client-{TUS_JS_VERSION}"
-    bundle = prefix / "node_modules" / "tus-js-client" / "dist" / "tus.min.js"
-    if not bundle.exists():
+def npm_package(package: str, version: str, file: str) -> Path:
+    """``file`` of an npm package at ``version``, from the registry (kept in a cache directory)."""
+    prefix = NPM_CACHE / f"{package}-{version}"
+    path = prefix / "node_modules" / package / file
+    if not path.exists():
         npm = shutil.which("npm")
-        assert npm, "npm is needed for tus-js-client: apt-get install npm (.ci/run)"
+        assert npm, f"npm is needed for {package}: apt-get install npm (.ci/run)"
         prefix.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(prefix),
-             f"tus-js-client@{TUS_JS_VERSION}"],
+             f"{package}@{version}"],
             check=True, capture_output=True, timeout=300,
         )  # fmt: skip
-    return bundle
+    return path
+
+
+@pytest.fixture(scope="session")
+def tus_js() -> Path:
+    """tus-js-client's browser bundle."""
+    return npm_package("tus-js-client", TUS_JS_VERSION, "dist/tus.min.js")
 
 
 TUS_SCRIPT = """

@@ -15,7 +15,6 @@ import json
 import random
 import re
 import shutil
-import subprocess
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from playwright.async_api import (
 
 from tests.conftest import SIGNING_SECRET, created_bucket
 from tests.servers import SeaweedFS, Service
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, NPM_CACHE, tiny_png
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, npm_package, tiny_png
 
 ADMIN = "console-admin-key-0123456789"
 READER = "console-reader-key-0123456789"
@@ -120,19 +119,8 @@ async def browser(chromium: str) -> AsyncIterator[Browser]:
 
 @pytest.fixture(scope="session")
 def axe_js() -> str:
-    """axe-core from the npm registry (a test tool only, not served by filegate)."""
-    prefix = NPM_CACHE / f"axe-core-{AXE_VERSION}"
-    script = prefix / "node_modules" / "axe-core" / "axe.min.js"
-    if not script.exists():
-        npm = shutil.which("npm")
-        assert npm, "npm is needed for axe-core: apt-get install npm (.ci/run)"
-        prefix.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(prefix),
-             f"axe-core@{AXE_VERSION}"],
-            check=True, capture_output=True, timeout=300,
-        )  # fmt: skip
-    return script.read_text()
+    """axe-core (a test tool only, not served by filegate)."""
+    return npm_package("axe-core", AXE_VERSION, "axe.min.js").read_text()
 
 
 def _environment(

@@ -661,16 +661,11 @@ $("share-copy").addEventListener("click", async () => {
 
 // --- Confirm, ask ----------------------------------------------------------------------------
 
-function confirmAction(title, text, verb) {
-  const dialog = $("confirm");
-  $("confirm-title").textContent = title;
-  $("confirm-text").textContent = text;
-  $("confirm-ok").textContent = verb;
+// Shows a modal form; resolves true when it is submitted, false when it is closed otherwise.
+function answered(dialog, form) {
   dialog.returnValue = "";
   dialog.showModal();
-  $("confirm-ok").focus();
   return new Promise((resolve) => {
-    const form = $("confirm-form");
     const onSubmit = (event) => {
       event.preventDefault();
       dialog.returnValue = "ok";
@@ -688,30 +683,20 @@ function confirmAction(title, text, verb) {
   });
 }
 
-function ask(title, label) {
-  const dialog = $("ask");
+function confirmAction(title, text, verb) {
+  $("confirm-title").textContent = title;
+  $("confirm-text").textContent = text;
+  $("confirm-ok").textContent = verb;
+  const answer = answered($("confirm"), $("confirm-form"));
+  $("confirm-ok").focus();
+  return answer;
+}
+
+async function ask(title, label) {
   $("ask-title").textContent = title;
   $("ask-label").textContent = label;
   $("ask-input").value = "";
-  dialog.returnValue = "";
-  dialog.showModal();
-  return new Promise((resolve) => {
-    const form = $("ask-form");
-    const onSubmit = (event) => {
-      event.preventDefault();
-      dialog.returnValue = "ok";
-      dialog.close();
-    };
-    form.addEventListener("submit", onSubmit);
-    dialog.addEventListener(
-      "close",
-      () => {
-        form.removeEventListener("submit", onSubmit);
-        resolve(dialog.returnValue === "ok" ? $("ask-input").value.trim() : null);
-      },
-      {once: true},
-    );
-  });
+  return (await answered($("ask"), $("ask-form"))) ? $("ask-input").value.trim() : null;
 }
 
 // --- Delete ----------------------------------------------------------------------------------
