@@ -367,6 +367,8 @@ def test_a_generated_client_drives_every_operation(tmp_path: Path) -> None:
         assert (answer.parsed.file_count, answer.parsed.deleted) == (2, True)
 
         assert call(ops("healthz"), "healthz").status_code == 200
+        access = call(ops("get_access"), "get_access")
+        assert access.status_code == 200 and access.parsed.roots[0].prefix == "local:files/"
         assert call(ops("readyz"), "readyz").status_code == 200
         answer = call(ops("metrics"), "metrics")
         assert answer.status_code == 200 and b"filegate_" in answer.content

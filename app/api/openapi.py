@@ -245,9 +245,9 @@ def _finish(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
                         responses[status].pop("content", None)
                     else:
                         responses[status]["content"] = _ANY_BODY
-            if (path.startswith("/files") and keyed and method != "options") or (
-                path == "/metrics" and settings.metrics_api_key is not None
-            ):
+            if (
+                (path.startswith("/files") or path == "/access") and keyed and method != "options"
+            ) or (path == "/metrics" and settings.metrics_api_key is not None):
                 operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
             else:
                 operation.pop("security", None)
