@@ -14,7 +14,7 @@ import hashlib
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 
-from app.assets import CONSOLE_ONLY, Asset, load_assets, render_page
+from app.assets import CONSOLE_ONLY, Asset, render_page, served_assets
 from app.errors import NotFound
 
 YEAR = 365 * 24 * 3600
@@ -86,7 +86,7 @@ def _asset(request: Request, asset: Asset) -> Response:
 
 def install(app: FastAPI, *, console: bool, public_base_url: str | None) -> None:
     """Add the pages and their assets to ``app`` (the console's only if ``console``)."""
-    assets = load_assets()
+    assets = served_assets()
     if not console:
         assets = {name: asset for name, asset in assets.items() if name not in CONSOLE_ONLY}
     docs = render_page("docs.html", assets)
