@@ -218,6 +218,22 @@ class OffsetMismatch(FilegateError):
     description = "Upload-Offset is not the upload's offset (or another PATCH won)"
 
 
+class MovedMeanwhile(FilegateError):
+    """A FastDFS file that another request moved to S3 first."""
+
+    status_code = 409
+    code = "moved_meanwhile"
+    description = "Another request moved this FastDFS file meanwhile"
+
+
+class SourceCorrupt(FilegateError):
+    """A copy whose bytes do not match the checksum the source recorded for them."""
+
+    status_code = 422
+    code = "source_corrupt"
+    description = "The source's bytes do not match its recorded CRC-32: it was kept, no copy"
+
+
 class UploadLocked(FilegateError):
     """Another PATCH of the same upload is in progress (on any replica)."""
 

@@ -35,9 +35,12 @@ from app.api import (
 from app.api.middleware import RequestMiddleware
 from app.metrics import Metrics
 from app.settings import Settings, reveal
+from app.storage.aliases import Aliases
 from app.storage.budget import Budget
 from app.storage.bulk import BulkService
+from app.storage.cache import uncached
 from app.storage.fusion import open_routes
+from app.storage.s3.backend import S3Backend
 from app.storage.service import FileService
 from app.storage.tus import TusService, open_tus, sweep_forever
 from app.storage.validation import UploadPolicy
@@ -142,7 +145,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "Files of every type are accepted (FILE_BLACKLIST and FILE_WHITELIST are "
                     "empty): set FILE_BLACKLIST=exe,bat,cmd,com,scr to refuse executables."
                 )
-            service = FileService(routes, policy, zip_limits, timeout=settings.backend_timeout)
+            aliases = None
+            if "s3" in routes.targets:  # moved FastDFS files keep their ids (app.storage.aliases)
+                s3 = uncached(routes.targets["s3"].backend)
+                assert isinstance(s3, S3Backend)
+                aliases = Aliases(s3, settings.s3_default_bucket)
+            service = FileService(
+                routes, policy, zip_limits, timeout=settings.backend_timeout, aliases=aliases
+            )
             resumable = open_tus(settings, service)
             if resumable is not None:
                 sweeper = asyncio.create_task(sweep_forever(resumable, settings.tus_sweep_interval))

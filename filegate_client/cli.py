@@ -15,6 +15,7 @@ from typing import Any
 
 from filegate_client.api import Api, Failure, Settings, failure_of, file_path
 from filegate_client.download import download
+from filegate_client.migrate import run_migration
 from filegate_client.progress import Bars
 from filegate_client.upload import Uploader, expand, upload_all
 from filegate_client.workers import Cancel
@@ -42,6 +43,10 @@ EXAMPLES = {
     "link": "example:\n  filegate-client link 'local:files/3f9c…_report.pdf' --expires 2h",
     "zip": "example:\n  filegate-client zip 'local:files/3f9c…_a.pdf' 'local:files/77aa…_b.pdf' "
     "-o both.zip",
+    "migrate": """examples:
+  filegate-client migrate --ids ids.txt --folder legacy --concurrency 8 --delete-source
+  mysql -N -e 'select file_id from attachments' | filegate-client migrate --ids - --dry-run
+  (stopped? run the same command again: the journal ids.txt.journal says what is done)""",
     "cp": """examples:
   filegate-client cp 'group1/M00/00/05/fwAAAW….pdf' --to s3 --move   # a legacy file to S3
   filegate-client cp 'local:files/3f9c…_a.pdf' --folder archive""",
@@ -119,6 +124,20 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--folder")
     cp.add_argument("--name", help="a new file name")
     cp.add_argument("--move", action="store_true")
+
+    mig = command("migrate", "Move FastDFS files to S3 in bulk; their old ids keep working.")
+    mig.add_argument(
+        "--ids", required=True, metavar="FILE", help="one FastDFS id per line; - for stdin"
+    )
+    mig.add_argument("--to", choices=["s3"], default="s3", help="where to (S3, hybrid mode)")
+    mig.add_argument("--folder", help="the folder in S3 (default: none)")
+    mig.add_argument("--bucket", help="default: S3_DEFAULT_BUCKET")
+    mig.add_argument("--concurrency", type=int, default=4, help="ids at once (default 4)")
+    mig.add_argument("--delete-source", action="store_true",
+                     help="delete each FastDFS copy once its S3 copy is verified")  # fmt: skip
+    mig.add_argument("--dry-run", action="store_true", help="check and count, move nothing")
+    mig.add_argument("--journal", help="default: FILE.journal")
+    mig.add_argument("--csv", help="old id → new id; default: FILE.csv")
     return parser
 
 
@@ -292,6 +311,7 @@ COMMANDS = {
     "link": _link,
     "zip": _zip,
     "cp": _cp,
+    "migrate": run_migration,
 }
 
 

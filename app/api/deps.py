@@ -105,7 +105,7 @@ class BareFileIdConvertor(FileIdConvertor):
 
     regex = (
         r"(?!(?:upload|batch-upload|download-zip|tus|summary|batch-delete|delete-prefix)$"
-        r"|upload/|tus/)[\s\S]+(?<!/download)(?<!/info)(?<!/link)(?<!/copy)"
+        r"|upload/|tus/)[\s\S]+(?<!/download)(?<!/info)(?<!/link)(?<!/copy)(?<!/migrate)"
     )
 
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from app.api.auth import PrincipalDep
-from app.api.deps import BulkDep, FileIdDep
+from app.api.deps import BulkDep, FileIdDep, FilesDep
 from app.api.errors import declare
 from app.api.schemas import (
     BatchDeleteError,
@@ -26,6 +26,8 @@ from app.api.schemas import (
     FilePage,
     FolderSummary,
     ListedFile,
+    MigrateRequest,
+    Migration,
 )
 from app.errors import (
     BucketNotAllowed,
@@ -35,9 +37,12 @@ from app.errors import (
     Forbidden,
     InsufficientStorage,
     InvalidArgument,
+    MovedMeanwhile,
     RouteNotSupported,
+    SourceCorrupt,
 )
 from app.storage.bulk import parse_prefix
+from app.storage.migrate import migrate
 
 router = APIRouter(prefix="/files", tags=["folders"])
 
@@ -185,3 +190,42 @@ async def copy_file(
     attach = FileAttach.of(stored).model_dump()
     headers = {"Location": f"/files/{quote(attach['file_id'])}/info"}
     return JSONResponse(attach, status_code=201, headers=headers)
+
+
+@router.post(
+    "/{file_id:file_id}/migrate",
+    operation_id="migrate_file",
+    response_model=Migration,
+    responses=declare(
+        InvalidArgument,
+        Forbidden,
+        RouteNotSupported,
+        BucketNotAllowed,
+        DeleteNotSupported,
+        FileNotFound,
+        MovedMeanwhile,
+        SourceCorrupt,
+    ),
+)
+async def migrate_file(
+    file_id: FileIdDep, body: MigrateRequest, files: FilesDep, principal: PrincipalDep
+) -> Migration:
+    """Move a FastDFS file to S3 so that its id keeps working (hybrid mode): verified against
+    the CRC-32 FastDFS recorded, recorded, then (with delete_source) deleted from FastDFS. Safe
+    to repeat: a repeat does what is left and copies nothing twice (docs/fastdfs.md)."""
+    done = await migrate(
+        files,
+        principal,
+        file_id,
+        bucket=body.bucket,
+        folder=body.folder,
+        delete_source=body.delete_source,
+    )
+    return Migration(
+        file_id=str(done.file_id),
+        moved_from=str(done.moved_from),
+        file_size=done.size,
+        crc32=None if done.crc32 is None else f"{done.crc32:08x}",
+        copied=done.copied,
+        source_deleted=done.source_deleted,
+    )

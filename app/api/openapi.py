@@ -46,7 +46,7 @@ noncharacters. (Lone surrogates, Cs, cannot be in JSON or UTF-8 text, and a JSON
 cannot name them.)"""
 _BUCKET = r"[a-z0-9](?:[a-z0-9-]|\.(?!\.)){1,61}[a-z0-9]"
 _PREFIX_SEGMENT = rf"(?!\.\.?(?:/|$))[^/\\{CONTROLS}]+"
-_RESERVED = r"(?!\.filegate-tus(?:/|$))"
+_RESERVED = r"(?!\.filegate-(?:tus|moved)(?:/|$))"
 # A file id in a request: the form of the ids filegate makes, in few plain character classes, so
 # that a generator (schemathesis, a property test) makes valid ones without filtering: up to four
 # folders that do not start with '.' (so never '.', '..' or the reserved folder), then the

@@ -62,6 +62,11 @@ class FileInfo(BaseModel):
         description="The CRC-32 of the content, 8 hex digits, where the storage keeps one "
         "(every file filegate stored does); clients verify downloads with it.",
     )
+    moved_from: str | None = Field(
+        default=None,
+        description="Asked for by a FastDFS id whose file was moved to S3: that id "
+        "(file_id is where the file lives now).",
+    )
 
     @field_serializer("last_modify_time")
     def _iso_with_offset(self, value: datetime) -> str:
@@ -81,7 +86,29 @@ class FileInfo(BaseModel):
             metadata=dict(info.metadata),
             backend=stored.file_id.backend,
             crc32=None if info.crc32 is None else f"{info.crc32:08x}",
+            moved_from=None if stored.moved_from is None else str(stored.moved_from),
         )
+
+
+class MigrateRequest(BaseModel):
+    """Where a FastDFS file goes in S3 (everything else carries over)."""
+
+    bucket: str | None = Field(default=None, description="Default: S3_DEFAULT_BUCKET.")
+    folder: str | None = None
+    delete_source: bool = Field(
+        default=False, description="Delete the FastDFS copy once the S3 copy is verified."
+    )
+
+
+class Migration(BaseModel):
+    """One FastDFS file's move to S3; its old id now serves the new copy."""
+
+    file_id: str = Field(description="The S3 copy's id.")
+    moved_from: str
+    file_size: int
+    crc32: str | None = Field(default=None, pattern="^[0-9a-f]{8}$")
+    copied: bool = Field(description="false: an earlier request had already copied it.")
+    source_deleted: bool
 
 
 class Deleted(BaseModel):

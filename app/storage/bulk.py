@@ -17,7 +17,13 @@ from dataclasses import dataclass, field, replace
 import anyio
 
 from app.access import Principal, Scope
-from app.errors import FilegateError, FileTooLarge, InvalidArgument, StorageError
+from app.errors import (
+    FilegateError,
+    FileTooLarge,
+    InvalidArgument,
+    MovedMeanwhile,
+    StorageError,
+)
 from app.storage.base import (
     BatchDeleter,
     CopyNotPossible,
@@ -185,14 +191,19 @@ class BulkService:
         if not file_ids:
             raise InvalidArgument("The list of files is empty.")
         groups: dict[tuple[str, str], list[FileId]] = {}
+        asked: dict[str, str] = {}  # a moved FastDFS file is deleted where it is now
         for file_id in file_ids:
             principal.check("delete", file_id)
-            self.routes.target(file_id, deleting=True)
-            groups.setdefault((file_id.backend, file_id.ref.bucket), []).append(file_id)
+            where = await self.files.locate(file_id)
+            self.routes.target(where, deleting=True)
+            asked[str(where)] = str(file_id)
+            groups.setdefault((where.backend, where.ref.bucket), []).append(where)
         result = BatchResult()
         for ids in groups.values():
             target = self.routes.target(ids[0], deleting=True)
             await self._delete(target, ids, result)
+        result.deleted = [asked.get(raw, raw) for raw in result.deleted]
+        result.errors = [(asked.get(raw, raw), code, detail) for raw, code, detail in result.errors]
         return result
 
     async def _delete(self, target: Target, ids: list[FileId], result: BatchResult) -> None:
@@ -302,7 +313,7 @@ class BulkService:
         principal.check("read", source)
         if move:
             principal.check("delete", source)
-            self.routes.target(source, deleting=True)
+            self.routes.target(await self.files.locate(source), deleting=True)
         destination = backend or self.routes.upload_to
         if destination not in self.routes.targets:
             raise InvalidArgument(f"{destination} is not enabled in {self.mode} mode.")
@@ -335,7 +346,10 @@ class BulkService:
             finally:
                 await stream.aclose()
             copy = StoredFile(FileId(destination, info.ref), info)
-        if move:
+        leaving = source.backend == "fastdfs" and destination == "s3" and not stored.moved_from
+        if move and leaving:
+            await self._leave_fastdfs(source, copy, target)
+        elif move:
             try:
                 await self.files.delete(principal, source)
             except BaseException:
@@ -344,6 +358,24 @@ class BulkService:
                     await target.backend.delete(copy.file_id.ref)
                 raise
         return copy
+
+    async def _leave_fastdfs(self, source: FileId, copy: StoredFile, target: Target) -> None:
+        """A FastDFS file moved to S3 keeps its id: the record of where it went is written
+        before the source is deleted (docs/fastdfs.md, "Leaving FastDFS")."""
+        assert self.files.aliases is not None
+        try:
+            async with calling(target, source, self.files.timeout):
+                alias = await self.files.aliases.record(source, copy.file_id)
+        except BaseException:
+            log.warning("move of %s: its record was not written; removing the copy", source)
+            with anyio.CancelScope(shield=True):
+                await target.backend.delete(copy.file_id.ref)
+            raise
+        if alias.file_id != copy.file_id:  # moved meanwhile by another request: one copy stays
+            with anyio.CancelScope(shield=True):
+                await target.backend.delete(copy.file_id.ref)
+            raise MovedMeanwhile(f"Moved meanwhile, to {alias.file_id}.", file_id=str(source))
+        await self.files.delete_moved_source(source)
 
 
 def _named(info: ObjectInfo) -> ObjectInfo:

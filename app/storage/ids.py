@@ -35,6 +35,13 @@ could climb out of a folder that an access rule checks by ``/`` alone (docs/api.
 MAX_KEY_BYTES = 1024
 RESERVED_FOLDER = ".filegate-tus"
 """Where S3 keeps resumable uploads' state (docs/tus.md): no file id reaches into it."""
+ALIAS_FOLDER = ".filegate-moved"
+"""Where S3 keeps where moved FastDFS files went (docs/fastdfs.md, "Leaving FastDFS")."""
+RESERVED_FOLDERS = {
+    RESERVED_FOLDER: "resumable uploads",
+    ALIAS_FOLDER: "the records of moved FastDFS files",
+}
+"""Top-level folders of filegate's own: no file id, folder or listing reaches into them."""
 
 
 def is_valid_bucket_name(name: str) -> bool:
@@ -102,8 +109,9 @@ def _check_key(key: str, raw: str) -> None:
         raise InvalidArgument("A key must not contain '.' or '..' segments.", file_id=raw)
     if len(key.encode()) > MAX_KEY_BYTES:
         raise InvalidArgument("The key is too long.", file_id=raw)
-    if key.split("/", 1)[0] == RESERVED_FOLDER:
-        raise InvalidArgument(f"{RESERVED_FOLDER}/ is reserved for resumable uploads.", file_id=raw)
+    top = key.split("/", 1)[0]
+    if top in RESERVED_FOLDERS:
+        raise InvalidArgument(f"{top}/ is reserved for {RESERVED_FOLDERS[top]}.", file_id=raw)
 
 
 URL_SAFE = "/:@!$&'()*+,;="

@@ -21,6 +21,7 @@ import anyio
 
 from app.access import Principal
 from app.errors import BackendUnavailable, FilegateError, InvalidArgument, StorageError
+from app.storage.aliases import Aliases
 from app.storage.base import (
     ByteRange,
     ChecksumReader,
@@ -104,13 +105,41 @@ class FileService:
     """Authorizes, routes and checks every file operation (the routers' only dependency)."""
 
     def __init__(
-        self, routes: Routes, policy: UploadPolicy, zip_limits: ZipLimits, *, timeout: float = 10
+        self,
+        routes: Routes,
+        policy: UploadPolicy,
+        zip_limits: ZipLimits,
+        *,
+        timeout: float = 10,
+        aliases: Aliases | None = None,
     ) -> None:
         self.routes = routes
         self.policy = policy
         self.zip_limits = zip_limits
         self.timeout = timeout
         """``BACKEND_TIMEOUT``: seconds a backend operation that streams no body may take."""
+        self.aliases = aliases
+        """Where moved FastDFS files went (with S3 enabled; ``app.storage.aliases``)."""
+
+    async def locate(self, file_id: FileId) -> FileId:
+        """Where ``file_id`` lives: a moved FastDFS file's new id, else ``file_id`` itself.
+        A moved file is read where it is now, and FastDFS is not asked at all."""
+        if file_id.backend != "fastdfs" or self.aliases is None:
+            return file_id
+        async with calling(self.routes.targets["s3"], file_id, self.timeout):
+            alias = await self.aliases.lookup(file_id)
+        return file_id if alias is None else alias.file_id
+
+    async def delete_moved_source(self, source: FileId) -> None:
+        """Delete a FastDFS file whose record of where it went is written (its id now names the
+        new copy, so ``delete`` would delete that)."""
+        target = self.routes.target(source, deleting=True)
+        async with calling(target, source, self.timeout):
+            await target.backend.delete(source.ref)
+
+    async def check_route(self, file_id: FileId) -> None:
+        """``routes.target`` for the id's present home (403 before anything is read)."""
+        self.routes.target(await self.locate(file_id))
 
     async def info(
         self, principal: Principal, file_id: FileId, *, with_crc32: bool = False
@@ -118,20 +147,22 @@ class FileService:
         """What is known of a file (read scope). ``with_crc32``: also its CRC-32 where the
         backend keeps it apart from ``head`` (an S3 multipart upload: one more request)."""
         principal.check("read", file_id)
-        target = self.routes.target(file_id)
+        return await self._head(file_id, await self.locate(file_id), with_crc32)
+
+    async def _head(self, file_id: FileId, where: FileId, with_crc32: bool) -> StoredFile:
+        target = self.routes.target(where)
         async with calling(target, file_id, self.timeout):
-            stored = StoredFile(file_id, await target.backend.head(file_id.ref))
+            info = await target.backend.head(where.ref)
             backend = target.backend
-            if with_crc32 and stored.info.crc32 is None and isinstance(backend, ChecksumReader):
-                crc32 = await backend.stored_crc32(file_id.ref, stored.info.etag)
-                stored = StoredFile(file_id, replace(stored.info, crc32=crc32))
-        return stored
+            if with_crc32 and info.crc32 is None and isinstance(backend, ChecksumReader):
+                info = replace(info, crc32=await backend.stored_crc32(where.ref, info.etag))
+        return StoredFile(where, info, file_id if where != file_id else None)
 
     async def open(
         self, principal: Principal, stored: StoredFile, byte_range: ByteRange | None
     ) -> ObjectStream:
         """Start reading a file found by ``info``; an empty file needs no backend."""
-        principal.check("read", stored.file_id)
+        principal.check("read", stored.asked_for)
         target = self.routes.target(stored.file_id)
         if stored.info.size == 0:
             return Loaded()
@@ -141,14 +172,15 @@ class FileService:
     async def fetch(self, principal: Principal, file_id: FileId) -> tuple[StoredFile, ObjectStream]:
         """``info`` and ``open`` of the whole file, in one backend round trip where it can."""
         principal.check("read", file_id)
-        target = self.routes.target(file_id)
+        where = await self.locate(file_id)
+        target = self.routes.target(where)
         backend = target.backend
         if not isinstance(backend, Fetcher):
-            stored = await self.info(principal, file_id)
+            stored = await self._head(file_id, where, False)
             return stored, await self.open(principal, stored, None)
         async with calling(target, file_id, self.timeout):
-            info, stream = await backend.fetch(file_id.ref)
-        return StoredFile(file_id, info), stream
+            info, stream = await backend.fetch(where.ref)
+        return StoredFile(where, info, file_id if where != file_id else None), stream
 
     async def presign(
         self,
@@ -160,7 +192,7 @@ class FileService:
         content_type: str,
     ) -> str:
         """A URL the file's own storage serves; ``InvalidArgument`` where there is none."""
-        principal.check("read", stored.file_id)
+        principal.check("read", stored.asked_for)
         target = self.routes.target(stored.file_id)
         backend = target.backend
         if not isinstance(backend, Presigner):
@@ -179,9 +211,10 @@ class FileService:
     async def delete(self, principal: Principal, file_id: FileId) -> None:
         """Delete a file (delete scope); one that is already gone is not an error."""
         principal.check("delete", file_id)
-        target = self.routes.target(file_id, deleting=True)
+        where = await self.locate(file_id)
+        target = self.routes.target(where, deleting=True)
         async with calling(target, file_id, self.timeout):
-            await target.backend.delete(file_id.ref)
+            await target.backend.delete(where.ref)
 
     def new_object(
         self, principal: Principal, request: UploadRequest, *, backend: BackendName | None = None
@@ -238,9 +271,9 @@ class FileService:
     ) -> ZipStream:
         """Check every file of a zip before its first byte (read scope on each)."""
         check_count(len(requests), self.zip_limits)
-        for request in requests:  # 403 for any of them before any backend is asked
+        for request in requests:  # 403 for any of them before any file is read
             principal.check("read", request.file_id)
-            self.routes.target(request.file_id)
+            await self.check_route(request.file_id)
 
         async def describe(file_id: FileId) -> StoredFile:
             return await self.info(principal, file_id, with_crc32=True)

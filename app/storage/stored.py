@@ -15,7 +15,15 @@ GENERIC_TYPE = "application/octet-stream"
 @dataclass(frozen=True, slots=True)
 class StoredFile:
     file_id: FileId
+    """Where the file is."""
     info: ObjectInfo
+    moved_from: FileId | None = None
+    """The FastDFS id it was asked for by, when it was moved from there (app.storage.aliases)."""
+
+    @property
+    def asked_for(self) -> FileId:
+        """The id the caller named: what its access is checked against."""
+        return self.moved_from or self.file_id
 
     @property
     def name(self) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from app.errors import FileTooLarge, InvalidFileType, TooManyFiles
 from app.storage.base import Chunk
-from app.storage.ids import RESERVED_FOLDER
+from app.storage.ids import RESERVED_FOLDERS
 from app.text import check_text, refuse
 
 MAX_NAME_BYTES = 200
@@ -45,8 +45,9 @@ def check_folder(folder: str | None) -> str:
         raise refuse("folder", "must be a relative path (no leading '/')")
     folder = folder.removesuffix("/")
     segments = folder.split("/")
-    if segments[0] == RESERVED_FOLDER:
-        raise refuse("folder", f"must not start with {RESERVED_FOLDER} (resumable uploads)")
+    if segments[0] in RESERVED_FOLDERS:
+        reserved = segments[0]
+        raise refuse("folder", f"must not start with {reserved} ({RESERVED_FOLDERS[reserved]})")
     if len(segments) > MAX_FOLDER_DEPTH:
         raise refuse("folder", f"is deeper than {MAX_FOLDER_DEPTH} levels")
     for segment in segments:

@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from app.errors import BackendUnavailable
 from app.storage.base import NewObject, ObjectInfo, ObjectRef
 from app.storage.budget import BufferPool
-from app.storage.ids import RESERVED_FOLDER
+from app.storage.ids import RESERVED_FOLDERS
 from app.storage.s3.errors import UNREACHABLE, S3Refusal, Trouble, refusal, translate_errors
 from app.storage.s3.objects import ObjectClient
 
@@ -37,7 +37,8 @@ CLEANUP_AGAIN = 10
 """Seconds after a successful clean-up before it is repeated once."""
 COPY_PART = 1024 * MiB
 """The part size of a copy in parts (``UploadPartCopy``), at most ``S3_COPY_MAX_SIZE``."""
-RESERVED = f"{RESERVED_FOLDER}/"
+RESERVED = tuple(f"{folder}/" for folder in RESERVED_FOLDERS)
+"""Never listed: filegate's own objects."""
 PAST_FOLDER = "\U0010ffff"
 """Appended to a folder to start after everything in it: the last code point, a noncharacter that
 no name or folder may hold (app.text)."""
