@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from app.errors import FileNotFound
+from app.storage.base import ObjectRef
 from app.storage.ids import ALIAS_FOLDER, FileId, parse_file_id
 from app.storage.s3.backend import S3Backend
 from app.storage.s3.errors import error_code, translate_errors
@@ -54,16 +55,11 @@ class Aliases:
         if known is not None:
             self._known.move_to_end(old)
             return known
-        try:
-            async with self._backend.bounded():
-                with translate_errors():
-                    answer = await self._backend.read_client.get_object(
-                        Bucket=self._bucket, Key=self.key(old)
-                    )
-                    async with answer["Body"] as stream:
-                        raw = await stream.read()
+        try:  # through obstore, as every small GET: a third of aiobotocore's CPU
+            _, stream = await self._backend.fetch(ObjectRef(self._bucket, self.key(old)))
         except FileNotFound:
             return None
+        raw = b"".join([bytes(chunk) async for chunk in stream])
         return self._keep(old, raw)
 
     async def record(self, old: FileId, new: FileId) -> Alias:

@@ -76,7 +76,7 @@ async def migrate(
         size = head.size if head else 0
         return Migrated(alias.file_id, source, size, head.crc32 if head else None, False, deleted)
 
-    original = await files.info(principal, source)  # FastDFS itself: no record
+    original = await files.head_where(source)  # on FastDFS itself: it has no record
     request = UploadRequest(
         original.name,
         folder=folder,

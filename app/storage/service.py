@@ -149,6 +149,10 @@ class FileService:
         principal.check("read", file_id)
         return await self._head(file_id, await self.locate(file_id), with_crc32)
 
+    async def head_where(self, file_id: FileId) -> StoredFile:
+        """``info`` of the file at ``file_id`` itself, moved or not (access already checked)."""
+        return await self._head(file_id, file_id, False)
+
     async def _head(self, file_id: FileId, where: FileId, with_crc32: bool) -> StoredFile:
         target = self.routes.target(where)
         async with calling(target, file_id, self.timeout):
