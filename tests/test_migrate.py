@@ -13,6 +13,7 @@ import io
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -365,3 +366,41 @@ def test_503_from_a_stopped_fastdfs_is_waited_out(
     out, err = run.communicate(timeout=180)
     assert run.returncode == 0, err.decode()
     assert json.loads(out.decode().splitlines()[-1])["this_run"] == {"copied": 5}
+
+
+def test_a_terminal_shows_progress_and_ctrl_c_then_the_same_command_finishes(
+    hybrid: Service, fastdfs: FastDFS, tmp_path: Path
+) -> None:
+    from tests.test_client_terminal import Terminal, ended
+
+    ids = asyncio.run(_upload_many(fastdfs, [os.urandom(200_000) for _ in range(150)]))
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    env = {
+        "FILEGATE_URL": hybrid.url,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "TERM": "xterm-256color",
+        "COLUMNS": "120",
+    }
+    shell = Terminal(tmp_path / "tmux.sock", env)
+    try:
+        shell.type(f"cd {tmp_path}")
+        shell.type(
+            "filegate-client migrate --ids ids.txt --concurrency 1 --delete-source; echo A=$?"
+        )
+        # files done/total, bytes moved, the rate, elapsed and time left
+        bar = re.compile(
+            r"migrate .*━.* (\d+)/150 files +[\d.]+ [KM]iB +[\d.]+ MiB/s +\d:\d\d:\d\d"
+        )
+        screen = shell.wait_for(lambda s: (m := bar.search(s)) is not None and int(m[1]) >= 5)
+        shell.ctrl_c()
+        screen = shell.wait_for(ended("A"))
+        assert "A=130" in screen and "interrupted: run the same command again" in screen
+        shell.type("clear; filegate-client migrate --ids ids.txt --delete-source; echo B=$?")
+        screen = shell.wait_for(ended("B"))
+        assert "B=0" in screen
+        assert re.search(r"\d+ ids done by an earlier run \(journal\): skipped", screen), screen
+        assert "150 mapped in ids.txt.csv" in screen
+    finally:
+        shell.close()
+    with httpx.Client(base_url=hybrid.url, timeout=30) as http:
+        assert all(http.head(f"/files/{quote(i)}/download").status_code == 200 for i in ids)
