@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> None:
                         assert summary["not_moved"] == 0, summary
                         moved = count * mib * MiB
                         print(
-                            f"| {count} × {label} | {concurrency} | {count / seconds:.1f} | "
+                            f"| {count} x {label} | {concurrency} | {count / seconds:.1f} | "
                             f"{moved / MiB / seconds:.0f} | {server_cpu / (moved / GiB):.2f} | "
                             f"{client_cpu / (moved / GiB):.2f} | {peak_mib(pid):.0f} MiB | "
                             f"{client_peak:.0f} MiB |",

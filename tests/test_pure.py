@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -365,3 +366,33 @@ async def test_pooled_buffers_are_reused_within_the_budget() -> None:
     assert await pool.take() is first  # the same memory again, not a new allocation
     pool.give(second)
     assert pool.budget.used == 32
+
+
+async def test_a_part_buffer_goes_back_to_the_pool_once_whatever_bytes_other_buffers_hold() -> None:
+    """Two parts with the same bytes (the same file uploaded twice at once, or zeros): the one
+    sent first must not take the other off the upload's list. It did (``list.remove`` compares
+    contents): the other buffer then never went back (its budget leaked), and the first went
+    back twice, so two later parts were filled in one buffer at once (stored corrupt, or refused
+    by S3's checksum as BadDigest)."""
+    from app.storage.s3.multipart import _Parts
+
+    MiB = 1024 * 1024
+    budget = Budget(32 * MiB, 1)
+    pool = BufferPool(budget, 8 * MiB)
+
+    async def body() -> Any:
+        for fill in (b"\0", b"\0", b"\1"):
+            yield fill * (8 * MiB)
+
+    parts = _Parts(pool, aiter(body()), [])
+    first, second = await parts.next(), await parts.next()
+    assert first is not None and second is not None
+    assert first.buffer == second.buffer and first.buffer is not second.buffer
+    parts.give(second)  # sent first
+    third = await parts.next()  # reuses second's buffer, now with other bytes
+    assert third is not None and third.buffer is second.buffer
+    parts.give(first)
+    parts.give(third)
+    parts.close()
+    assert budget.used == 0  # every buffer's share came back
+    assert len({id(b) for b in pool._free}) == len(pool._free) == 2  # each buffer once

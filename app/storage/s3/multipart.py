@@ -359,10 +359,17 @@ class _Parts:
         return _Part(buffer, filled, crc)
 
     def give(self, part: _Part) -> None:
-        """The part was sent (or abandoned): its buffer goes back to the pool."""
-        if part.buffer in self._held:
-            self._held.remove(part.buffer)
-            self._pool.give(part.buffer)
+        """The part was sent (or abandoned): its buffer goes back to the pool, once.
+
+        Buffers are found by identity: ``in`` and ``remove`` compare a ``bytearray``'s contents,
+        and a pooled buffer may still hold what another part holds now (the same file uploaded
+        twice at once, or repeated bytes). Then the wrong buffer was taken off the list, given
+        back twice, and two parts were filled in one buffer at once."""
+        for index, held in enumerate(self._held):
+            if held is part.buffer:
+                del self._held[index]
+                self._pool.give(held)
+                return
 
     def close(self) -> None:
         for buffer in self._held:
