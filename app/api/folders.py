@@ -47,6 +47,16 @@ from app.storage.migrate import migrate
 router = APIRouter(prefix="/files", tags=["folders"])
 
 LIST_ERRORS = declare(InvalidArgument, Forbidden, RouteNotSupported, BucketNotAllowed)
+MOVING = (
+    InvalidArgument,
+    Forbidden,
+    RouteNotSupported,
+    BucketNotAllowed,
+    DeleteNotSupported,
+    FileNotFound,
+    FileTooLarge,
+)
+"""What a copy or a migration can meet, besides its own."""
 OptionalPrefix = Annotated[
     str | None,
     Query(
@@ -162,16 +172,7 @@ async def delete_prefix(
     operation_id="copy_file",
     status_code=201,
     response_model=FileAttach,
-    responses=declare(
-        InvalidArgument,
-        Forbidden,
-        RouteNotSupported,
-        BucketNotAllowed,
-        DeleteNotSupported,
-        FileNotFound,
-        FileTooLarge,
-        InsufficientStorage,
-    ),
+    responses=declare(*MOVING, InsufficientStorage, MovedMeanwhile),
 )
 async def copy_file(
     file_id: FileIdDep, body: CopyRequest, bulk: BulkDep, principal: PrincipalDep
@@ -196,16 +197,7 @@ async def copy_file(
     "/{file_id:file_id}/migrate",
     operation_id="migrate_file",
     response_model=Migration,
-    responses=declare(
-        InvalidArgument,
-        Forbidden,
-        RouteNotSupported,
-        BucketNotAllowed,
-        DeleteNotSupported,
-        FileNotFound,
-        MovedMeanwhile,
-        SourceCorrupt,
-    ),
+    responses=declare(*MOVING, MovedMeanwhile, SourceCorrupt),
 )
 async def migrate_file(
     file_id: FileIdDep, body: MigrateRequest, files: FilesDep, principal: PrincipalDep
