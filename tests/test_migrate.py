@@ -423,3 +423,39 @@ def test_legacy_downloads_in_a_row_leave_no_memory_behind(
             assert answer.status_code == 200 and len(answer.content) == MiB
     grown = hybrid.rss_kib() / 1024 - before
     assert grown < 48, f"RSS grew {grown:.0f} MiB over 200 downloads of 1 MiB"
+
+
+def test_with_s3_down_legacy_files_are_still_served_and_moved_ones_are_503_not_404(
+    private_seaweed: SeaweedFS, fastdfs: FastDFS, tmp_path: Path
+) -> None:
+    """S3 holds the records: while it is down, a FastDFS id is read on FastDFS as before. One
+    that FastDFS no longer has may have moved, so it is a 503 with Retry-After, never a 404; a
+    delete through an old id is refused the same way (it might delete nothing while the S3 copy
+    stays)."""
+    bucket = asyncio.run(created_bucket(private_seaweed.endpoint))
+    service = Service(hybrid_env(private_seaweed, bucket, fastdfs))
+    service.start(tmp_path)
+    try:
+        moved = legacy(fastdfs, b"moved away", "moved.txt")
+        kept = legacy(fastdfs, b"still on fastdfs", "kept.txt")
+        with httpx.Client(base_url=service.url, timeout=30) as http:
+            assert migrate(http, moved, delete_source=True).status_code == 200
+            private_seaweed.stop()
+            got = http.get(f"/files/{quote(kept)}/download")
+            assert got.status_code == 200 and got.content == b"still on fastdfs"
+            assert http.get(f"/files/{quote(kept)}/info").status_code == 200
+            for answer in (
+                http.get(f"/files/{quote(moved)}/download"),
+                http.get(f"/files/{quote(moved)}/info"),
+                http.delete(f"/files/{quote(moved)}"),
+            ):
+                assert answer.status_code == 503, answer.text
+                assert "retry-after" in answer.headers
+            private_seaweed.start()
+            deadline = time.monotonic() + 30
+            while (got := http.get(f"/files/{quote(moved)}/download")).status_code != 200:
+                assert time.monotonic() < deadline, got.text
+                time.sleep(0.5)
+            assert got.content == b"moved away"
+    finally:
+        service.stop()

@@ -20,7 +20,13 @@ from types import TracebackType
 import anyio
 
 from app.access import Principal
-from app.errors import BackendUnavailable, FilegateError, InvalidArgument, StorageError
+from app.errors import (
+    BackendUnavailable,
+    FilegateError,
+    FileNotFound,
+    InvalidArgument,
+    StorageError,
+)
 from app.storage.aliases import Aliases
 from app.storage.base import (
     ByteRange,
@@ -130,6 +136,18 @@ class FileService:
             alias = await self.aliases.lookup(file_id)
         return file_id if alias is None else alias.file_id
 
+    async def _reading(self, file_id: FileId) -> tuple[FileId, StorageError | None]:
+        """Where to read ``file_id``; with S3 failing, a FastDFS id is read on FastDFS as before
+        moves existed (its outage must not stop legacy reads), and the failure is returned: if
+        FastDFS then has no such file, it may have moved, so the answer is that failure, never
+        a 404 (docs/fastdfs.md, "Leaving FastDFS")."""
+        try:
+            return await self.locate(file_id), None
+        except StorageError as failure:
+            if file_id.backend != "fastdfs":
+                raise
+            return file_id, failure
+
     async def delete_moved_source(self, source: FileId) -> None:
         """Delete a FastDFS file whose record of where it went is written (its id now names the
         new copy, so ``delete`` would delete that)."""
@@ -139,7 +157,7 @@ class FileService:
 
     async def check_route(self, file_id: FileId) -> None:
         """``routes.target`` for the id's present home (403 before anything is read)."""
-        self.routes.target(await self.locate(file_id))
+        self.routes.target((await self._reading(file_id))[0])
 
     async def info(
         self, principal: Principal, file_id: FileId, *, with_crc32: bool = False
@@ -147,7 +165,13 @@ class FileService:
         """What is known of a file (read scope). ``with_crc32``: also its CRC-32 where the
         backend keeps it apart from ``head`` (an S3 multipart upload: one more request)."""
         principal.check("read", file_id)
-        return await self._head(file_id, await self.locate(file_id), with_crc32)
+        where, unsure = await self._reading(file_id)
+        try:
+            return await self._head(file_id, where, with_crc32)
+        except FileNotFound:
+            if unsure is not None:
+                raise unsure from None
+            raise
 
     async def head_where(self, file_id: FileId) -> StoredFile:
         """``info`` of the file at ``file_id`` itself, moved or not (access already checked)."""
@@ -176,14 +200,19 @@ class FileService:
     async def fetch(self, principal: Principal, file_id: FileId) -> tuple[StoredFile, ObjectStream]:
         """``info`` and ``open`` of the whole file, in one backend round trip where it can."""
         principal.check("read", file_id)
-        where = await self.locate(file_id)
+        where, unsure = await self._reading(file_id)
         target = self.routes.target(where)
         backend = target.backend
-        if not isinstance(backend, Fetcher):
-            stored = await self._head(file_id, where, False)
-            return stored, await self.open(principal, stored, None)
-        async with calling(target, file_id, self.timeout):
-            info, stream = await backend.fetch(where.ref)
+        try:
+            if not isinstance(backend, Fetcher):
+                stored = await self._head(file_id, where, False)
+                return stored, await self.open(principal, stored, None)
+            async with calling(target, file_id, self.timeout):
+                info, stream = await backend.fetch(where.ref)
+        except FileNotFound:
+            if unsure is not None:
+                raise unsure from None
+            raise
         return StoredFile(where, info, file_id if where != file_id else None), stream
 
     async def presign(
