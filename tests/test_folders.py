@@ -314,8 +314,9 @@ async def test_copy_and_move_within_a_backend(listable: Storage) -> None:
 async def test_a_legacy_fastdfs_file_moves_to_s3(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """Hybrid mode: a legacy FastDFS file is moved to S3 and served by its new s3: id; the bytes
-    stream across in constant memory, name and type carried over."""
+    """Hybrid mode: a legacy FastDFS file is moved to S3 and served by its new s3: id, and by its
+    old id too (tests/test_migrate.py has the rest); the bytes stream across in constant memory,
+    name and type carried over."""
     storage = await make_storage("hybrid", request, tmp_path)
     assert storage.fastdfs is not None
     data = os.urandom(3 * MiB)
@@ -329,7 +330,8 @@ async def test_a_legacy_fastdfs_file_moves_to_s3(
         assert new_id.startswith(f"s3:{storage.bucket}/migrated/") and new_id.endswith("_old.log")
         served = await client.get(f"/files/{new_id}/download")
         assert served.content == data
-        assert (await client.get(f"/files/{legacy}/info")).status_code == 404
+        info = (await client.get(f"/files/{legacy}/info")).json()
+        assert info["file_id"] == new_id and info["moved_from"] == legacy
         back = await client.post(f"/files/{new_id}/copy", json={"backend": "fastdfs"})
         assert back.status_code == 201, back.text
         assert (await client.get(f"/files/{back.json()['file_id']}/download")).content == data
@@ -363,7 +365,8 @@ async def test_a_move_cut_midway_keeps_the_source_and_leaves_no_copy(
         moved = await client.post(f"/files/{legacy}/copy", json={"delete_source": True})
         assert moved.status_code == 201, moved.text
         assert (await client.get(f"/files/{moved.json()['file_id']}/download")).content == data
-        assert (await client.get(f"/files/{legacy}/info")).status_code == 404
+        info = (await client.get(f"/files/{legacy}/info")).json()
+        assert info["file_id"] == moved.json()["file_id"]  # the old id follows it
 
 
 async def test_s3_copies_server_side_when_the_write_pair_may_read(

@@ -88,6 +88,8 @@ def test_a_moved_file_keeps_its_id_on_every_endpoint_with_fastdfs_stopped(
     data = {"Отчёт за год.pdf": os.urandom(3 * MiB + 17), "notes.txt": b"legacy notes"}
     old = {name: legacy(fastdfs, body, name) for name, body in data.items()}
     with httpx.Client(base_url=hybrid.url, timeout=30) as http:
+        paths = http.get("/openapi.json").json()["paths"]  # hybrid mode's document only
+        assert paths["/files/{file_id}/migrate"]["post"]["operationId"] == "migrate_file"
         moved = {}
         for name, old_id in old.items():
             answer = migrate(http, old_id, folder="legacy", delete_source=True)

@@ -32,7 +32,6 @@ OPERATIONS = {
     ("get", "/files/download-zip"): "download_zip_prefix",
     ("post", "/files/{file_id}/copy"): "copy_file",
     ("get", "/access"): "get_access",
-    ("post", "/files/{file_id}/migrate"): "migrate_file",
 }
 
 

@@ -367,11 +367,6 @@ def test_a_generated_client_drives_every_operation(tmp_path: Path) -> None:
         assert (answer.parsed.file_count, answer.parsed.deleted) == (2, True)
 
         assert call(ops("healthz"), "healthz").status_code == 200
-        refused = call(
-            folders("migrate_file"), "migrate_file",
-            "group1/M00/00/00/wKgAAWsFKtSATKktAAAADgWKGpg335.txt", body=models.MigrateRequest(),
-        )  # fmt: skip
-        assert refused.status_code == 400  # local mode: migration goes to S3
         access = call(ops("get_access"), "get_access")
         assert access.status_code == 200 and access.parsed.roots[0].prefix == "local:files/"
         assert call(ops("readyz"), "readyz").status_code == 200

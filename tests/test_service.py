@@ -95,8 +95,17 @@ CALLS: dict[str, tuple[Scope, Call]] = {
     "new_object": ("write", lambda w, p: w.service.new_object(p, UploadRequest("x.txt"))),
     "uploads": ("write", lambda w, p: add_one(w.service, p)),
     "zip": ("read", lambda w, p: w.service.zip(p, [ZipRequest(w.stored.file_id)], "stored")),
+    "head_where": ("read", lambda w, p: w.service.head_where(p, w.stored.file_id)),
+    "delete_moved_source": (
+        "delete",
+        lambda w, p: w.service.delete_moved_source(p, w.stored.file_id),
+    ),
 }
-UNGUARDED = {"readiness": "operational: it reads no file and names none"}
+UNGUARDED = {
+    "readiness": "operational: it reads no file and names none",
+    "locate": "says where an id lives now (a record lookup); reads and changes no file",
+    "check_route": "routing only: refuses an id before anything of it is read",
+}
 
 
 @pytest.fixture

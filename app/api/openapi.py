@@ -269,6 +269,8 @@ def _finish(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
         {"type": "string", "enum": list(enabled(settings))},
         {"type": "null"},
     ]
+    if not {"s3", "fastdfs"} <= set(enabled(settings)):  # migration: hybrid mode only
+        document["paths"].pop("/files/{file_id}/migrate", None)
     link = components["schemas"]["LinkRequest"]["properties"]
     link["expires_in"]["maximum"] = settings.link_max_expires
     # "" names nothing (the file's own name), as the route reads it: schemathesis found the gap

@@ -348,7 +348,7 @@ class BulkService:
             copy = StoredFile(FileId(destination, info.ref), info)
         leaving = source.backend == "fastdfs" and destination == "s3" and not stored.moved_from
         if move and leaving:
-            await self._leave_fastdfs(source, copy, target)
+            await self._leave_fastdfs(principal, source, copy, target)
         elif move:
             try:
                 await self.files.delete(principal, source)
@@ -359,7 +359,9 @@ class BulkService:
                 raise
         return copy
 
-    async def _leave_fastdfs(self, source: FileId, copy: StoredFile, target: Target) -> None:
+    async def _leave_fastdfs(
+        self, principal: Principal, source: FileId, copy: StoredFile, target: Target
+    ) -> None:
         """A FastDFS file moved to S3 keeps its id: the record of where it went is written
         before the source is deleted (docs/fastdfs.md, "Leaving FastDFS")."""
         assert self.files.aliases is not None
@@ -375,7 +377,7 @@ class BulkService:
             with anyio.CancelScope(shield=True):
                 await target.backend.delete(copy.file_id.ref)
             raise MovedMeanwhile(f"Moved meanwhile, to {alias.file_id}.", file_id=str(source))
-        await self.files.delete_moved_source(source)
+        await self.files.delete_moved_source(principal, source)
 
 
 def _named(info: ObjectInfo) -> ObjectInfo:

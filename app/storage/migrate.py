@@ -72,11 +72,11 @@ async def migrate(
         alias = await files.aliases.lookup(source)
     if alias is not None:
         head = await _head(files, alias.file_id)
-        deleted = delete_source and await _delete_source(files, source)
+        deleted = delete_source and await _delete_source(files, principal, source)
         size = head.size if head else 0
         return Migrated(alias.file_id, source, size, head.crc32 if head else None, False, deleted)
 
-    original = await files.head_where(source)  # on FastDFS itself: it has no record
+    original = await files.head_where(principal, source)  # on FastDFS: it has no record
     request = UploadRequest(
         original.name,
         folder=folder,
@@ -112,7 +112,7 @@ async def migrate(
     assert existing is not None
     async with calling(s3, source, files.timeout):
         alias = await files.aliases.record(source, destination)
-    deleted = delete_source and await _delete_source(files, source)
+    deleted = delete_source and await _delete_source(files, principal, source)
     return Migrated(alias.file_id, source, existing.size, existing.crc32, copied, deleted)
 
 
@@ -138,6 +138,6 @@ async def _head(files: FileService, file_id: FileId) -> ObjectInfo | None:
         return None
 
 
-async def _delete_source(files: FileService, source: FileId) -> bool:
-    await files.delete_moved_source(source)
+async def _delete_source(files: FileService, principal: Principal, source: FileId) -> bool:
+    await files.delete_moved_source(principal, source)
     return True

@@ -148,9 +148,10 @@ class FileService:
                 raise
             return file_id, failure
 
-    async def delete_moved_source(self, source: FileId) -> None:
+    async def delete_moved_source(self, principal: Principal, source: FileId) -> None:
         """Delete a FastDFS file whose record of where it went is written (its id now names the
         new copy, so ``delete`` would delete that)."""
+        principal.check("delete", source)
         target = self.routes.target(source, deleting=True)
         async with calling(target, source, self.timeout):
             await target.backend.delete(source.ref)
@@ -173,8 +174,9 @@ class FileService:
                 raise unsure from None
             raise
 
-    async def head_where(self, file_id: FileId) -> StoredFile:
-        """``info`` of the file at ``file_id`` itself, moved or not (access already checked)."""
+    async def head_where(self, principal: Principal, file_id: FileId) -> StoredFile:
+        """``info`` of the file at ``file_id`` itself, whether or not it was moved."""
+        principal.check("read", file_id)
         return await self._head(file_id, file_id, False)
 
     async def _head(self, file_id: FileId, where: FileId, with_crc32: bool) -> StoredFile:
