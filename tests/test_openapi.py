@@ -211,3 +211,25 @@ async def test_an_empty_link_filename_is_admitted_by_the_document_as_by_the_rout
         file_id = (await client.put("/files/upload/a.txt", content=b"a")).json()["file_id"]
         link = await client.post(f"/files/{file_id}/link", json={"filename": ""})
         assert link.status_code == 200, link.text
+
+
+async def test_request_booleans_are_booleans(tmp_path: Any) -> None:
+    """The document says boolean, so 0 and 1 are refused, not read as false and true (a
+    schemathesis run found ``{"inline": 0}`` accepted by the link route)."""
+    settings = Settings(_env_file=None, local_root=tmp_path, signing_secret="s" * 32)
+    async with serve(settings) as client:
+        file_id = (await client.put("/files/upload/a.txt", content=b"a")).json()["file_id"]
+        bodies: list[dict[str, object]] = [{"inline": 0}, {"direct": 1}, {"inline": "true"}]
+        for body in bodies:
+            refused = await client.post(f"/files/{file_id}/link", json=body)
+            assert refused.status_code == 400, (body, refused.text)
+        refusals: list[tuple[str, dict[str, object]]] = [
+            ("/files/delete-prefix", {"prefix": "local:files/x/", "dry_run": 1}),
+            (f"/files/{file_id}/copy", {"delete_source": 0}),
+        ]
+        for path, body in refusals:
+            refused = await client.post(path, json=body)
+            assert refused.status_code == 400, (path, refused.text)
+        assert (
+            await client.post(f"/files/{file_id}/link", json={"inline": True})
+        ).status_code == 200

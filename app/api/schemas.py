@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_serializer
+from pydantic import BaseModel, Field, StrictBool, field_serializer
 
 from app.storage.ids import FileIdField
 from app.storage.stored import StoredFile
@@ -95,7 +95,7 @@ class MigrateRequest(BaseModel):
 
     bucket: str | None = Field(default=None, description="Default: S3_DEFAULT_BUCKET.")
     folder: str | None = None
-    delete_source: bool = Field(
+    delete_source: StrictBool = Field(
         default=False, description="Delete the FastDFS copy once the S3 copy is verified."
     )
 
@@ -121,8 +121,10 @@ class LinkRequest(BaseModel):
 
     expires_in: int = Field(default=3600, gt=0, description="Seconds until the link expires.")
     filename: str | None = Field(default=None, description="Download under this name.")
-    inline: bool = Field(default=False, description="Shown in the browser (never HTML/SVG/XML).")
-    direct: bool = Field(
+    inline: StrictBool = Field(
+        default=False, description="Shown in the browser (never HTML/SVG/XML)."
+    )
+    direct: StrictBool = Field(
         default=False, description="S3 files: an S3 presigned URL, signed with the read-only pair."
     )
 
@@ -192,7 +194,7 @@ class DeletePrefixRequest(BaseModel):
     prefix: str = Field(
         min_length=1, description="A folder: s3:<bucket>/<folder>/ or local:<bucket>/<folder>/."
     )
-    dry_run: bool = Field(default=False, description="Only count what would be deleted.")
+    dry_run: StrictBool = Field(default=False, description="Only count what would be deleted.")
 
 
 class DeletePrefixResult(BaseModel):
@@ -210,4 +212,4 @@ class CopyRequest(BaseModel):
     bucket: str | None = None
     folder: str | None = None
     file_name: str | None = None
-    delete_source: bool = Field(default=False, description="A move: needs the delete scope.")
+    delete_source: StrictBool = Field(default=False, description="A move: needs the delete scope.")
