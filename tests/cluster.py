@@ -21,11 +21,11 @@ from tests.conftest import SIGNING_SECRET
 from tests.servers import (
     ADMIN,
     HOST,
-    READER,
-    WRITER,
     Service,
     _stop,
     free_ports,
+    s3_env,
+    s3_identities,
     wait_http,
     weed_binary,
 )
@@ -76,15 +76,7 @@ class SeaweedCluster:
             self.volumes.append(volume)
             self.start_volume(volume)
         config = self.directory / "s3.json"
-        identities = [
-            (ADMIN, ["Admin", "Read", "List", "Write", "Tagging"]),
-            (WRITER, ["Write"]),
-            (READER, ["Read", "List"]),
-        ]
-        config.write_text(json.dumps({"identities": [
-            {"name": key, "credentials": [{"accessKey": key, "secretKey": secret}], "actions": acts}
-            for (key, secret), acts in identities
-        ]}))  # fmt: skip
+        config.write_text(json.dumps(s3_identities()))
         (self.directory / "filer").mkdir(exist_ok=True)
         self.processes["filer"] = _spawn(
             [weed, "filer", *base, f"-port={self.filer}", f"-port.grpc={self.filer_grpc}",
@@ -138,16 +130,7 @@ class SeaweedCluster:
                 time.sleep(0.5)
 
     def service_env(self, bucket: str) -> dict[str, str]:
-        return {
-            "STORAGE_MODE": "s3",
-            "S3_ENDPOINT": self.endpoint,
-            "S3_ADDRESSING_STYLE": "path",
-            "S3_ACCESS_KEY_ID": WRITER[0],
-            "S3_SECRET_ACCESS_KEY": WRITER[1],
-            "S3_READ_ACCESS_KEY_ID": READER[0],
-            "S3_READ_SECRET_ACCESS_KEY": READER[1],
-            "S3_DEFAULT_BUCKET": bucket,
-        }
+        return s3_env(self.endpoint, bucket)
 
     def stop(self) -> None:
         for name in ("s3", "filer"):

@@ -71,6 +71,35 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def s3_identities() -> dict[str, Any]:
+    """SeaweedFS's ``-s3.config``: an admin, a write-only and a read-only identity."""
+    identities = [
+        (ADMIN, ["Admin", "Read", "List", "Write", "Tagging"]),
+        (WRITER, ["Write"]),
+        (READER, ["Read", "List"]),
+    ]
+    return {
+        "identities": [
+            {"name": key, "credentials": [{"accessKey": key, "secretKey": secret}], "actions": acts}
+            for (key, secret), acts in identities
+        ]
+    }
+
+
+def s3_env(endpoint: str, bucket: str) -> dict[str, str]:
+    """filegate's environment for S3 mode: writes with the writer, reads with the reader."""
+    return {
+        "STORAGE_MODE": "s3",
+        "S3_ENDPOINT": endpoint,
+        "S3_ADDRESSING_STYLE": "path",
+        "S3_ACCESS_KEY_ID": WRITER[0],
+        "S3_SECRET_ACCESS_KEY": WRITER[1],
+        "S3_READ_ACCESS_KEY_ID": READER[0],
+        "S3_READ_SECRET_ACCESS_KEY": READER[1],
+        "S3_DEFAULT_BUCKET": bucket,
+    }
+
+
 @dataclass
 class SeaweedFS:
     """``weed mini`` with an admin, a write-only and a read-only identity."""
@@ -87,25 +116,7 @@ class SeaweedFS:
         data = self.directory / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.directory / "s3.json"
-        identities = [
-            (ADMIN, ["Admin", "Read", "List", "Write", "Tagging"]),
-            (WRITER, ["Write"]),
-            (READER, ["Read", "List"]),
-        ]
-        config.write_text(
-            json.dumps(
-                {
-                    "identities": [
-                        {
-                            "name": key,
-                            "credentials": [{"accessKey": key, "secretKey": secret}],
-                            "actions": actions,
-                        }
-                        for (key, secret), actions in identities
-                    ]
-                }
-            )
-        )
+        config.write_text(json.dumps(s3_identities()))
         if not self.ports:
             names = [
                 "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance",
@@ -169,17 +180,7 @@ class SeaweedFS:
             self.process = None
 
     def service_env(self, bucket: str) -> dict[str, str]:
-        """filegate's environment for S3 mode here: writes with the writer, reads with the reader."""
-        return {
-            "STORAGE_MODE": "s3",
-            "S3_ENDPOINT": self.endpoint,
-            "S3_ADDRESSING_STYLE": "path",
-            "S3_ACCESS_KEY_ID": WRITER[0],
-            "S3_SECRET_ACCESS_KEY": WRITER[1],
-            "S3_READ_ACCESS_KEY_ID": READER[0],
-            "S3_READ_SECRET_ACCESS_KEY": READER[1],
-            "S3_DEFAULT_BUCKET": bucket,
-        }
+        return s3_env(self.endpoint, bucket)
 
 
 @dataclass
