@@ -34,6 +34,7 @@ from app.api import (
 )
 from app.api.middleware import RequestMiddleware
 from app.metrics import Metrics
+from app.server import drain_on_sigterm
 from app.settings import Settings, reveal
 from app.storage.aliases import Aliases
 from app.storage.budget import Budget
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        drain_on_sigterm(settings.shutdown_drain_seconds)
         async with AsyncExitStack() as stack:
             budget = Budget(int(settings.upload_memory), settings.upload_memory_wait)
             routes = await open_routes(settings, stack, budget, app.state.metrics.cache)

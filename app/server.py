@@ -22,6 +22,10 @@ every other answer (``{detail, code}``), and the connection is closed after it.
 Once the head is in, the request body and the response are bounded by ``CLIENT_IDLE_TIMEOUT``
 (``app.api.middleware``). These hooks are uvicorn internals, so uvicorn is pinned to one version
 and ``tests/test_dependencies.py`` fails if they change.
+
+``drain_on_sigterm`` puts ``SHUTDOWN_DRAIN_SECONDS`` between SIGTERM and uvicorn's shutdown, for
+replicas behind a balancer (docs/scaling.md, "Restarts"): ``/readyz`` answers ``503`` and every
+response closes its connection, so the balancer takes the replica out while it still serves.
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
+import threading
 from dataclasses import dataclass
 from functools import cache
+from types import FrameType
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -195,3 +202,33 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+draining = threading.Event()
+"""Set from SIGTERM until the process stops, when ``SHUTDOWN_DRAIN_SECONDS`` is above zero."""
+
+
+def drain_on_sigterm(seconds: float) -> None:
+    """Make the first SIGTERM drain for ``seconds`` before it reaches uvicorn's own handler.
+
+    Called from the lifespan's start-up, in the main thread, where uvicorn has already installed
+    its handler (it does so before the lifespan starts; a uvicorn internal, checked by
+    tests/test_reliability.py). A second SIGTERM, or SIGINT, stops at once as before.
+    """
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        return  # (an app served in a test's thread has no signals to handle)
+    uvicorn_handler = signal.getsignal(signal.SIGTERM)
+    if not callable(uvicorn_handler):
+        return
+
+    def handler(sig: int, frame: FrameType | None) -> None:
+        if draining.is_set():
+            uvicorn_handler(sig, frame)
+            return
+        draining.set()
+        log.info("SIGTERM: draining for %g s (/readyz is 503), then shutting down", seconds)
+        timer = threading.Timer(seconds, uvicorn_handler, (sig, None))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, handler)

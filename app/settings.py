@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_seconds: float = Field(default=30, ge=0)
+    shutdown_drain_seconds: float = Field(default=0, ge=0)
 
     zip_max_entries: int = Field(default=1000, gt=0)
     zip_max_total_size: ByteSize = ByteSize(0)

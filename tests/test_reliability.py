@@ -218,6 +218,50 @@ def test_s3_failing_mid_upload_leaves_nothing(
         service.stop()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_drains_before_it_stops(tmp_path: Path, workers: int) -> None:
+    """With SHUTDOWN_DRAIN_SECONDS, a SIGTERM first makes /readyz 503 while requests are still
+    served, each closing its connection, so a balancer takes the replica out before its socket
+    closes (docs/scaling.md); a second SIGTERM stops at once. Also the check that uvicorn
+    installs its handler before the lifespan starts (app/server.py, ``drain_on_sigterm``)."""
+    env = {"LOCAL_ROOT": str(tmp_path / "data"), "SHUTDOWN_DRAIN_SECONDS": "3",
+           "FILEGATE_WORKERS": str(workers)}  # fmt: skip
+    service = Service(env)
+    service.start(tmp_path)
+    try:
+        assert service.process is not None
+        with httpx.Client(base_url=service.url, timeout=10) as http:
+            assert http.get("/readyz").status_code == 200
+            stored = http.put("/files/upload/before.txt", content=b"before").json()["file_id"]
+            signalled = time.monotonic()
+            service.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            ready = http.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["status"] == "draining", ready.text
+            assert ready.headers["connection"] == "close"
+            answer = http.put("/files/upload/during.txt", content=b"during")  # still served
+            assert answer.status_code == 201, answer.text
+            assert answer.headers["connection"] == "close"
+            got = http.get(f"/files/{quote(stored)}/download")
+            assert got.content == b"before"
+        service.process.wait(timeout=30)
+        assert time.monotonic() - signalled >= 3
+        service.process = None
+        if workers > 1:
+            return  # uvicorn's supervisor passes one SIGTERM on to its workers, not a second
+        service.start(tmp_path)  # a second SIGTERM stops without waiting for the drain
+        assert service.process is not None
+        service.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        service.process.wait(timeout=30)
+        assert time.monotonic() - signalled < 2.5
+        service.process = None
+    finally:
+        service.stop()
+
+
 def test_sigterm_mid_upload_finishes_it_or_leaves_nothing(
     seaweed: SeaweedFS, tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ from app.api.errors import body_of
 from app.errors import FilegateError, RequestTimeout
 from app.logs import request_id, request_marks
 from app.metrics import Metrics
+from app.server import draining
 from app.text import refuse, url_is_utf8
 
 log = logging.getLogger("app.access")
@@ -122,6 +123,8 @@ class RequestMiddleware:
                 status = message["status"]
                 response_started = True
                 message["headers"] = [*message.get("headers", []), (HEADER, rid.encode())]
+                if draining.is_set():  # the balancer's kept-alive connection ends with this
+                    message["headers"].append((b"connection", b"close"))
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             watchdog.sending = loop.time()

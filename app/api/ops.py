@@ -13,6 +13,7 @@ from app.api.auth import presented_key
 from app.api.deps import FilesDep, files_of
 from app.api.schemas import Health
 from app.errors import Unauthorized
+from app.server import draining
 
 router = APIRouter(tags=["operations"])
 READINESS_TIMEOUT = 2.0
@@ -43,10 +44,15 @@ async def healthz() -> Health:
     "/readyz",
     operation_id="readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "A backend is down"}},
+    responses={
+        503: {"model": Readiness, "description": "A backend is down, or the process is draining"}
+    },
 )
 async def readyz(files: FilesDep) -> JSONResponse:
-    """Every configured backend answers (checked now, each within 2 s)."""
+    """Every configured backend answers (checked now, each within 2 s), and the process is not
+    draining before a shutdown (``SHUTDOWN_DRAIN_SECONDS``)."""
+    if draining.is_set():
+        return JSONResponse({"status": "draining", "backends": {}}, status_code=503)
     results = await files.readiness(READINESS_TIMEOUT)
     backends = {
         name: BackendStatus(
