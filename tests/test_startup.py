@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import os
@@ -10,12 +11,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import created_bucket
-from tests.servers import HOST, READER, WRITER, SeaweedFS, Service, free_port
+from app.storage.budget import Budget
+from app.storage.s3 import open_s3_backend
+from tests.conftest import created_bucket, s3_settings
+from tests.servers import ADMIN, HOST, READER, WRITER, SeaweedFS, Service, free_port
 
 MiB = 1024 * 1024
 
@@ -165,3 +169,19 @@ def test_filegate_itself_runs_with_malloc_tuned(local_service: Service, tmp_path
         subprocess.run(zip_request, check=True, timeout=60)
     faults = minor_faults() - before
     assert faults < 500, faults  # 256 MiB zipped: none when tuned, about 3,000 when not
+
+
+async def test_replicas_racing_to_create_the_bucket_all_start(seaweed: SeaweedFS) -> None:
+    """Replicas of one deployment start at once with S3_CREATE_BUCKET on a bucket that does not
+    exist yet (docker-compose.yml, profile cluster). Three backends opened together in one loop
+    all find it missing, then all create it: the two that lose (S3 answers
+    BucketAlreadyOwnedByYou) find it made, and open."""
+    bucket = f"raced-{os.urandom(4).hex()}"
+    settings = s3_settings(seaweed.endpoint, bucket, s3_create_bucket=True,
+                           s3_access_key_id=ADMIN[0], s3_secret_access_key=ADMIN[1])  # fmt: skip
+    async with AsyncExitStack() as stack:
+        opened = await asyncio.gather(
+            *(open_s3_backend(settings, stack, Budget(MiB, 1)) for _ in range(3)),
+            return_exceptions=True,
+        )
+    assert [type(each).__name__ for each in opened] == ["S3Backend"] * 3, opened

@@ -154,7 +154,10 @@ class S3Core:
                     **({"CreateBucketConfiguration": config} if config else {}),  # type: ignore[arg-type]
                 )
         except (ClientError, BotoCoreError, *UNREACHABLE) as exc:
-            raise refusal(exc, reading=False) from exc
+            try:  # replicas starting together race to create it: another one may have won
+                await self.probe_read(bucket, client=self._write)
+            except S3Refusal:
+                raise refusal(exc, reading=False) from exc
 
     async def probe_read(self, bucket: str, *, client: S3Client | None = None) -> None:
         """List one key of ``bucket`` (the read pair by default); ``S3Refusal`` if that fails.
