@@ -88,7 +88,7 @@ class SeaweedCluster:
         self.processes["s3"] = _spawn(  # the filer's S3 gateway, as a process of its own
             [weed, "s3", *base, f"-port={self.s3}", f"-port.grpc={self.s3_grpc}",
              f"-filer={HOST}:{self.filer}.{self.filer_grpc}", f"-config={config}",
-             f"-port.iceberg={self.s3_extra[0]}"],
+             f"-port.iceberg={self.s3_extra[0]}", f"-port.lance={self.s3_extra[1]}"],
             self.directory / "s3.log",
         )  # fmt: skip
         wait_http(f"http://{HOST}:{self.s3}", 60, self.processes["s3"])
@@ -144,29 +144,22 @@ class SeaweedCluster:
             _stop(self.processes.pop("master"))
 
 
-HAPROXY_CONFIG = """\
-global
-    maxconn 1024
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 1h
-    timeout server 1h
-    timeout http-request 30s
-    timeout queue 10s
-    retries 3
-    option redispatch 1
-    http-reuse never
-frontend filegate
-    bind {host}:{port}
-    default_backend replicas
-backend replicas
-    balance roundrobin
-    option httpchk GET /readyz
-    http-check expect status 200
-    default-server inter 500ms fall 2 rise 2 maxconn 256
-{servers}
-"""
+HAPROXY_CONFIG = Path(__file__).parent.parent / "docker" / "haproxy.cfg"
+"""The configuration the compose profile ships; run here with loopback ``bind`` and ``server``
+lines in place of its own."""
+
+
+def haproxy_config(port: int, servers: list[int]) -> str:
+    """docker/haproxy.cfg listening on ``HOST:port``, balancing over replicas at ``servers``."""
+    lines = HAPROXY_CONFIG.read_text().splitlines()
+    kept = [line for line in lines if not line.lstrip().startswith("server ")]
+    assert len(lines) - len(kept) == 3, "docker/haproxy.cfg names three replicas"
+    text = "\n".join(kept) + "\n"
+    assert text.count("    bind :8080\n") == 1
+    text = text.replace("    bind :8080\n", f"    bind {HOST}:{port}\n")
+    return text + "".join(
+        f"    server filegate-{n} {HOST}:{p} check\n" for n, p in enumerate(servers, 1)
+    )
 
 
 @dataclass
@@ -180,7 +173,12 @@ class Balanced:
     port: int = 0
 
     def start(self, count: int) -> None:
-        env = {**self.env, "SIGNING_SECRET": SIGNING_SECRET, "SHUTDOWN_GRACE_SECONDS": "30"}
+        env = {
+            **self.env,
+            "SIGNING_SECRET": SIGNING_SECRET,
+            "SHUTDOWN_GRACE_SECONDS": "30",
+            "SHUTDOWN_DRAIN_SECONDS": "3",
+        }
         for n in range(count):
             work = self.directory / f"replica{n}"
             work.mkdir(parents=True, exist_ok=True)
@@ -188,11 +186,8 @@ class Balanced:
             replica.start(work)
             self.replicas.append(replica)
         self.port = free_ports(1)[0]
-        servers = "\n".join(
-            f"    server r{n} {HOST}:{r.port} check" for n, r in enumerate(self.replicas)
-        )
         config = self.directory / "haproxy.cfg"
-        config.write_text(HAPROXY_CONFIG.format(host=HOST, port=self.port, servers=servers))
+        config.write_text(haproxy_config(self.port, [r.port for r in self.replicas]))
         assert shutil.which(HAPROXY) or Path(HAPROXY).exists(), "apt-get install haproxy (.ci/run)"
         self.haproxy = _spawn([HAPROXY, "-db", "-f", str(config)], self.directory / "haproxy.log")
         wait_http(f"{self.url}/healthz", 30, self.haproxy)

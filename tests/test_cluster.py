@@ -1,29 +1,31 @@
 """Scale-out under faults: filegate replicas behind HAProxy over a replicated SeaweedFS cluster,
 all started here on loopback (tests/cluster.py).
 
-Mixed traffic runs through the balancer while a replica is stopped (SIGTERM, a rolling restart),
-killed (SIGKILL), or a volume server dies. Every upload answered 201 must download byte for
-byte at the end; no download may be short yet look complete; any error during a fault must be a
-503 with Retry-After, a 502/504 from the balancer, or a connection or stream the client saw fail.
+The project's soak traffic (bench/soak.py: uploads by PUT, form and tus, whole and ranged
+downloads, zips, listings, deletes) runs through the balancer while a replica is stopped (SIGTERM,
+a rolling restart) or killed (SIGKILL); and reads and writes go on while a volume server dies.
+Every upload answered 201 must download byte for byte at the end; no download may be short yet
+look complete; any error during a fault must be a 503 with Retry-After, a 502/504 from the
+balancer, or a connection or stream the client saw fail.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import random
-import threading
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
+import yaml
 
+from bench.soak import Traffic
 from tests.cluster import Balanced, SeaweedCluster
 
 MiB = 1024 * 1024
@@ -51,106 +53,16 @@ def balanced(cluster: SeaweedCluster, tmp_path: Path) -> Iterator[Balanced]:
         replicas.stop()
 
 
-@dataclass
-class Traffic:
-    """Clients looping over upload, download, range, info and delete through the balancer."""
-
-    url: str
-    clients: int = 4
-    max_bytes: int = 2 * MiB
-    stored: dict[str, str] = field(default_factory=dict)
-    """Every file answered 201 and not deleted: id → SHA-256."""
-    ops: Counter[str] = field(default_factory=Counter)
-    failures: list[tuple[float, str]] = field(default_factory=list)
-    """(time, what) of every request that failed in an allowed way."""
-    wrong: list[str] = field(default_factory=list)
-    """What must never happen: wrong bytes presented as complete, an unexpected status."""
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def run(self) -> list[threading.Thread]:
-        threads = [threading.Thread(target=self._loop, args=(n,)) for n in range(self.clients)]
-        for thread in threads:
-            thread.start()
-        return threads
-
-    def stop(self, threads: list[threading.Thread]) -> None:
-        self._stop.set()
-        for thread in threads:
-            thread.join(timeout=120)
-
-    def _failed(self, what: str, response: httpx.Response | None = None) -> None:
-        if response is not None:
-            allowed = response.status_code in (502, 504) or (
-                response.status_code == 503 and "retry-after" in response.headers
-            )
-            if not allowed:
-                self.wrong.append(f"{what}: {response.status_code} {response.text[:200]}")
-                return
-            what = f"{what} {response.status_code}"
-        with self._lock:
-            self.failures.append((time.monotonic(), what))
-
-    def _loop(self, n: int) -> None:
-        rng = random.Random(n)
-        with httpx.Client(base_url=self.url, timeout=60) as http:
-            while not self._stop.is_set():
-                data = rng.randbytes(rng.randrange(1, self.max_bytes))
-                try:
-                    answer = http.put(
-                        f"/files/upload/c{n}-{rng.randrange(10**9)}.bin", content=data
-                    )
-                except httpx.HTTPError as exc:
-                    self._failed(f"upload {type(exc).__name__}")
-                    continue
-                self.ops["upload"] += 1
-                if answer.status_code != 201:
-                    self._failed("upload", answer)
-                    continue
-                file_id = answer.json()["file_id"]
-                with self._lock:
-                    self.stored[file_id] = hashlib.sha256(data).hexdigest()
-                path = f"/files/{quote(file_id)}/download"
-                start = rng.randrange(len(data))
-                for headers, want in (({}, data), ({"Range": f"bytes={start}-"}, data[start:])):
-                    try:
-                        got = http.get(path, headers=headers)
-                    except httpx.HTTPError as exc:  # a cut stream is seen as one
-                        self._failed(f"download {type(exc).__name__}")
-                        continue
-                    self.ops["download"] += 1
-                    if got.status_code in (200, 206):
-                        if got.content != want:
-                            self.wrong.append(f"download {file_id}: other bytes, looking complete")
-                    else:
-                        self._failed("download", got)
-                if rng.random() < 0.2:
-                    try:
-                        gone = http.delete(f"/files/{quote(file_id)}")
-                    except httpx.HTTPError as exc:
-                        self._failed(f"delete {type(exc).__name__}")
-                        continue
-                    self.ops["delete"] += 1
-                    if gone.status_code == 200:
-                        with self._lock:
-                            del self.stored[file_id]
-                    else:
-                        self._failed("delete", gone)
-
-    def verify(self) -> None:
-        """Every file answered 201 (and not deleted) downloads byte for byte now."""
-        with httpx.Client(base_url=self.url, timeout=60) as http:
-            for file_id, digest in self.stored.items():
-                got = http.get(f"/files/{quote(file_id)}/download")
-                assert got.status_code == 200, (file_id, got.status_code, got.text[:200])
-                assert hashlib.sha256(got.content).hexdigest() == digest, file_id
-
-
 def _report(traffic: Traffic, fault: float) -> str:
     after = [t - fault for t, _ in traffic.failures]
     kinds = Counter(what for _, what in traffic.failures)
     last = max(after, default=0.0)
-    return f"ops {dict(traffic.ops)}; failed {len(after)} {dict(kinds)}; last {last:.1f} s after"
+    locked = [t - fault for t in traffic.locked]
+    waited = f"; tus 423 {len(locked)}, the last {max(locked):.1f} s after" if locked else ""
+    return (
+        f"ops {dict(traffic.ops)}; failed {len(after)} {dict(kinds)}; last {last:.1f} s after"
+        + waited
+    )
 
 
 def test_a_rolling_restart_fails_no_request(balanced: Balanced) -> None:
@@ -169,9 +81,10 @@ def test_a_rolling_restart_fails_no_request(balanced: Balanced) -> None:
     finally:
         traffic.stop(threads)
     assert traffic.wrong == []
-    assert traffic.failures == [], _report(traffic, 0)
-    assert traffic.ops["upload"] > 20
+    assert traffic.failures == [] and traffic.locked == [], _report(traffic, 0)
+    assert min(traffic.ops[kind] for kind in ("put", "form", "zip", "list")) > 3
     traffic.verify()
+    print(f"rolling restart: {_report(traffic, 0)}; {len(traffic.stored)} files verified")
 
 
 def test_a_killed_replica_loses_no_acknowledged_file(balanced: Balanced) -> None:
@@ -194,7 +107,7 @@ def test_a_killed_replica_loses_no_acknowledged_file(balanced: Balanced) -> None
     late = [what for t, what in traffic.failures if t - killed > 2.5]
     assert late == [], _report(traffic, killed)  # error-free once the checks took it out
     traffic.verify()
-    print(_report(traffic, killed))
+    print(f"SIGKILL: {_report(traffic, killed)}; {len(traffic.stored)} files verified")
 
 
 def test_a_resumable_upload_goes_on_through_another_replica(balanced: Balanced) -> None:
@@ -277,3 +190,31 @@ def _read_until_whole(http: httpx.Client, files: dict[str, bytes]) -> tuple[int,
             return failed, time.monotonic() - started
         assert time.monotonic() - started < 60, f"{len(pending)} files unreadable for 60 s"
         time.sleep(0.5)
+
+
+def test_the_compose_cluster_has_the_tested_shape() -> None:
+    """docker-compose.yml's profile ``cluster`` is what these tests run: HAProxy with
+    docker/haproxy.cfg in front of three replicas with one S3-mode environment, over SeaweedFS with
+    replication 001 on two volume servers, and the balancer's servers are those replicas."""
+    root = Path(__file__).resolve().parent.parent
+    services = yaml.safe_load((root / "docker-compose.yml").read_text())["services"]
+    cluster = {name: s for name, s in services.items() if "cluster" in s.get("profiles", [])}
+    replicas = sorted(name for name in cluster if name.startswith("filegate-"))
+    assert replicas == ["filegate-1", "filegate-2", "filegate-3"]
+    env = cluster["filegate-1"]["environment"]
+    assert all(cluster[name]["environment"] == env for name in replicas)
+    assert env["STORAGE_MODE"] == "s3" and float(env["SHUTDOWN_DRAIN_SECONDS"]) > 1.5
+    assert env["S3_ENDPOINT"] == "http://seaweedfs-s3:8333"
+    assert "-port=8333" in cluster["seaweedfs-s3"]["command"][0]
+    assert "-defaultReplication=001" in cluster["seaweedfs-master"]["command"]
+    assert len([name for name in cluster if name.startswith("seaweedfs-volume-")]) >= 2
+    balancer = cluster["balancer"]
+    assert "./docker/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in balancer["volumes"]
+    assert sorted(balancer["depends_on"]) == replicas
+    config = (root / "docker" / "haproxy.cfg").read_text()
+    servers = re.findall(r"^\s*server (\S+) (\S+) check$", config, re.MULTILINE)
+    assert servers == [(name, f"{name}:8000") for name in replicas]
+    assert "    bind :8080\n" in config and "127.0.0.1:8080:8080" in balancer["ports"]
+    for check in ("/healthz", "/readyz"):
+        assert f"http-check send meth GET uri {check}\n" in config
+    assert "\n    option http-buffer-request" not in config  # uploads stream through
