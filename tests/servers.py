@@ -134,6 +134,10 @@ class SeaweedFS:
             f"-s3.config={config}",
             "-admin.ui=false",
             "-master.volumeSizeLimitMB=256",
+            # Each bucket takes a volume of its own, and the suite makes a few hundred. Left at 0,
+            # the cap is free disk / 256 MiB: 178 on a disk with 44 GB free, and writes to later
+            # buckets failed ("no free volumes left"). Volumes are not preallocated.
+            "-volume.max=1000",
             *(f"-{name}={port}" for name, port in self.ports.items()),
         ]
         log = open(self.directory / "weed.log", "ab")  # noqa: SIM115 - lives as long as the process
