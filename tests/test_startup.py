@@ -19,7 +19,7 @@ import pytest
 from app.storage.budget import Budget
 from app.storage.s3 import open_s3_backend
 from tests.conftest import created_bucket, s3_settings
-from tests.servers import ADMIN, HOST, READER, WRITER, SeaweedFS, Service, free_port
+from tests.servers import ADMIN, HOST, WRITER, SeaweedFS, Service, free_port, s3_env
 
 MiB = 1024 * 1024
 
@@ -57,23 +57,9 @@ def web_server() -> Iterator[str]:
     server.server_close()
 
 
-def s3_env(endpoint: str, bucket: str, **extra: str) -> dict[str, str]:
-    return {
-        "STORAGE_MODE": "s3",
-        "S3_ENDPOINT": endpoint,
-        "S3_ADDRESSING_STYLE": "path",
-        "S3_ACCESS_KEY_ID": WRITER[0],
-        "S3_SECRET_ACCESS_KEY": WRITER[1],
-        "S3_READ_ACCESS_KEY_ID": READER[0],
-        "S3_READ_SECRET_ACCESS_KEY": READER[1],
-        "S3_DEFAULT_BUCKET": bucket,
-        **extra,
-    }
-
-
 @pytest.mark.parametrize("create", ["false", "true"])
 def test_an_endpoint_that_is_not_s3(web_server: str, tmp_path: Path, create: str) -> None:
-    done = run_filegate(s3_env(web_server, "files", S3_CREATE_BUCKET=create), tmp_path)
+    done = run_filegate({**s3_env(web_server, "files"), "S3_CREATE_BUCKET": create}, tmp_path)
     assert_refused(done, "S3_ENDPOINT", web_server, "does not answer like S3")
 
 
