@@ -131,7 +131,8 @@ class Traffic:
                 with self._lock:
                     self.stored[file_id] = hashlib.sha256(data).hexdigest()
                 mine.append(file_id)
-                self._download(http, file_id, data, rng.randrange(len(data)))
+                start = rng.randrange(len(data))
+                self._download(http, file_id, data, start, rng.randrange(start, len(data)))
                 if turn % 4 == 3:
                     self._zip(http, rng.sample(mine, min(3, len(mine))))
                 if turn % 5 == 4:
@@ -201,11 +202,15 @@ class Traffic:
         self.wrong.append(f"tus {location}: never completed")
         return None
 
-    def _download(self, http: httpx.Client, file_id: str, data: bytes, start: int) -> None:
+    def _download(
+        self, http: httpx.Client, file_id: str, data: bytes, start: int, end: int
+    ) -> None:
+        """The whole file (200) and the bytes start..end (206)."""
         path = f"/files/{quote(file_id)}"
-        for headers, want in (({}, data), ({"Range": f"bytes={start}-"}, data[start:])):
+        ranged = {"Range": f"bytes={start}-{end}"}
+        for status, headers, want in ((200, {}, data), (206, ranged, data[start : end + 1])):
             got = self._call(
-                http, "download", (200, 206), "GET", f"{path}/download", headers=headers
+                http, "download", (status,), "GET", f"{path}/download", headers=headers
             )
             if got is not None and got.content != want:
                 self.wrong.append(f"download {file_id}: other bytes, looking complete")
